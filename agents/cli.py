@@ -1,0 +1,313 @@
+"""kaifong.agents.cli — the ``kaifong`` command: up, worker, publish, tail, topics, config.
+
+Layer: top (it wires the worker). Run ``kaifong --help`` or ``kaifong config`` for every
+setting and its ``KAIFONG_*`` variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from kaifong.streams.settings import Settings
+
+PROCESS_START = time.time()
+
+EPILOG = "Settings (environment variables):\n" + "\n".join(
+    f"  {env:<38} {doc} [default: {default}]" for env, default, doc in Settings.describe()
+)
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# -- up ---------------------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start the embedded stack and a worker; stop everything on Ctrl-C or SIGTERM."""
+    from kaifong.streams.admin import ensure_topics, wait_for_broker
+    from kaifong.streams.embedded import EmbeddedStack, port_open
+
+    base = _settings()
+    external_redis = bool(os.environ.get("KAIFONG_REDIS_URL"))
+    workdir = Path(base.data_dir).resolve() / "embedded"
+    stack = EmbeddedStack(base.embedded_broker_port, None if external_redis else base.embedded_redis_port,
+                          workdir=workdir)
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        stack.start()
+        env = dict(os.environ)
+        env["KAIFONG_BROKER_URL"] = stack.broker_url
+        if stack.redis_url:
+            env["KAIFONG_REDIS_URL"] = stack.redis_url
+        settings = Settings.from_env(env)
+        wait_for_broker(settings)
+        ensure_topics(settings)
+        print(f"kaifong up — broker  {stack.broker_url}  (Tansu, MEMORY ONLY: every event is lost when it stops)")
+        print(f"             redis   {settings.redis_url}" + ("  (external)" if external_redis else
+                                                              "  (embedded Valkey, not persisted)"))
+        print(f"             web     http://{settings.web_host}:{settings.web_port}/  "
+              "(/health /ready /metrics)")
+        print(f"             logs    {workdir}")
+        print("The embedded mode is for development and demos; production runs on Kafka/Redpanda "
+              "and Redis (README, Production). Ctrl-C stops everything.", flush=True)
+        worker = subprocess.Popen([sys.executable, "-m", "kaifong.agents.cli", "worker", "--no-ensure-topics"],
+                                  env=env, stdin=subprocess.DEVNULL,
+                                  preexec_fn=_die_with_parent)  # noqa: PLW1509
+        while not stopping:
+            if worker.poll() is not None:
+                print(f"worker exited with {worker.returncode}", file=sys.stderr)
+                return worker.returncode or 1
+            if not all(s.running() for s in stack.services):
+                print("an embedded service died; see " + str(workdir), file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        print("stopping…", flush=True)
+        return 0
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(5)
+        stack.stop()
+        _ = port_open  # (imported for symmetry with tests)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - child side
+    from kaifong.streams.embedded import _die_with_parent as die
+
+    die()
+
+
+# -- worker -----------------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one worker process against the configured Kafka and Redis."""
+    from kaifong.agents.worker import Worker
+    from kaifong.streams.admin import ensure_topics, wait_for_broker
+
+    settings = _settings()
+    if args.web_port:
+        settings = Settings.from_env(web_port=args.web_port)
+    _logging(settings)
+    if not args.no_ensure_topics:
+        wait_for_broker(settings)
+        ensure_topics(settings)
+    Worker(settings, process_start=PROCESS_START).run()
+    return 0
+
+
+# -- publish ----------------------------------------------------------------------------------
+def _read_events(source: str) -> list[dict[str, Any]]:
+    if source == "-":
+        text = sys.stdin.read()
+    elif source.startswith("@"):
+        text = Path(source[1:]).read_text("utf-8")
+    else:
+        text = source
+    text = text.strip()
+    try:
+        parsed = orjson.loads(text)
+        return parsed if isinstance(parsed, list) else [parsed]
+    except orjson.JSONDecodeError:
+        # JSON lines: one event per line.
+        return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Validate and publish events of one input type."""
+    from kaifong.schemas.validation import InvalidEvent
+    from kaifong.streams.publisher import Publisher
+
+    settings = _settings()
+    try:
+        events = _read_events(args.event)
+    except (orjson.JSONDecodeError, OSError) as exc:
+        print(f"error: cannot read events: {exc}", file=sys.stderr)
+        return 2
+    publisher = Publisher(settings)
+    failed = 0
+    try:
+        for i, event in enumerate(events):
+            try:
+                meta = publisher.publish(args.event_type, event)
+                print(f"published {args.event_type} to {meta.topic}[{meta.partition}]@{meta.offset}")
+            except InvalidEvent as exc:
+                failed += 1
+                print(f"error: event {i} refused ({exc.error_class}):", file=sys.stderr)
+                for reason in exc.reasons:
+                    print(f"  - {reason}", file=sys.stderr)
+    finally:
+        publisher.close()
+    return 1 if failed else 0
+
+
+# -- tail -------------------------------------------------------------------------------------
+def _summary(value: bytes | None) -> str:
+    if value is None:
+        return "(tombstone)"
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return f"(not JSON, {len(value)} bytes)"
+    if not isinstance(data, dict):
+        return f"(JSON {type(data).__name__})"
+    # Readable line: the identifying and state fields only — never free text or caller data.
+    keys = ("incident_id", "unit_id", "drill_id", "assignment_id", "escalation_id", "kind", "status",
+            "stage", "outcome", "ring", "level", "reason", "severity", "category", "version",
+            "error_class", "source_topic", "source_offset", "error")
+    return " ".join(f"{k}={data[k]}" for k in keys if k in data and not isinstance(data[k], dict | list))
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Print records of a topic as they arrive."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from kaifong.streams.admin import true_end_offsets
+    from kaifong.streams.topics import by_name
+
+    settings = _settings()
+    try:
+        name = by_name(settings, args.topic).name(settings)
+    except KeyError:
+        name = args.topic
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                             fetch_max_wait_ms=50, client_id="kaifong-tail")
+    parts = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
+    if not parts:
+        print(f"error: topic {name} not found", file=sys.stderr)
+        return 2
+    starts = consumer.beginning_offsets(parts) if args.from_beginning else true_end_offsets(consumer, parts)
+    consumer.assign(parts)
+    for tp in parts:
+        consumer.seek(tp, starts[tp])
+    seen = 0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                for rec in records:
+                    if args.json:
+                        out = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset,
+                               "timestamp": rec.timestamp,
+                               "key": rec.key.decode("utf-8", "replace") if rec.key else None,
+                               "headers": {k: v.decode("utf-8", "replace") for k, v in rec.headers or []}}
+                        try:
+                            out["value"] = orjson.loads(rec.value) if rec.value is not None else None
+                        except orjson.JSONDecodeError:
+                            out["value_bytes"] = len(rec.value)
+                        sys.stdout.write(orjson.dumps(out).decode() + "\n")
+                    else:
+                        ts = time.strftime("%H:%M:%S", time.localtime(rec.timestamp / 1000))
+                        key = rec.key.decode("utf-8", "replace") if rec.key else "-"
+                        sys.stdout.write(f"{ts} {rec.topic}[{rec.partition}]@{rec.offset} key={key} "
+                                         f"{_summary(rec.value)}\n")
+                    sys.stdout.flush()
+                    seen += 1
+                    if args.max and seen >= args.max:
+                        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        consumer.close()
+    return 0
+
+
+# -- topics / config --------------------------------------------------------------------------
+def cmd_topics(args: argparse.Namespace) -> int:
+    """List the catalogue's topics with partitions and offsets."""
+    from kaifong.streams.admin import describe, ensure_topics
+
+    settings = _settings()
+    if args.create:
+        for name, what in ensure_topics(settings).items():
+            print(f"{name}: {what}")
+    rows = describe(settings)
+    by_topic: dict[str, list[Any]] = {}
+    for row in rows:
+        by_topic.setdefault(row.topic, []).append(row)
+    print(f"{'topic':<36} {'partitions':>10} {'messages':>10}  end offsets")
+    for topic, parts in by_topic.items():
+        total = sum(p.end - p.beginning for p in parts)
+        ends = ",".join(str(p.end) for p in parts)
+        print(f"{topic:<36} {len(parts):>10} {total:>10}  {ends}")
+    if not rows:
+        print("(no kaifong topics yet: start a worker or run `kaifong topics --create`)")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print every setting, its variable, current value and meaning."""
+    current = _settings().redacted()
+    names = {f_env: name for name, f_env in zip(current, (e for e, _, _ in Settings.describe()), strict=True)}
+    for env, default, doc in Settings.describe():
+        print(f"{env}={current[names[env]]}\n    {doc} [default: {default}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the README's command list)."""
+    parser = argparse.ArgumentParser(prog="kaifong", description="kaifong — real-time emergency "
+                                     "incident pipeline on Kafka.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the embedded broker, Redis and a worker (memory only)")
+    w = sub.add_parser("worker", help="run a worker against KAIFONG_BROKER_URL and KAIFONG_REDIS_URL")
+    w.add_argument("--web-port", type=int, default=0, help="override KAIFONG_WEB_PORT")
+    w.add_argument("--no-ensure-topics", action="store_true", help="do not create missing topics first")
+    p = sub.add_parser("publish", help="validate and publish input events")
+    p.add_argument("event_type", help="incident-reported, incident-update, unit-registered, unit-status, "
+                   "drill-response")
+    p.add_argument("event", help="JSON text, @file (a JSON object, array or JSON lines) or - for stdin")
+    t = sub.add_parser("tail", help="print a topic's records as they arrive")
+    t.add_argument("topic", help="full name or suffix, e.g. incidents.state.v1")
+    t.add_argument("--json", action="store_true", help="one JSON object per record")
+    t.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    t.add_argument("--max", type=int, default=0, help="stop after N records")
+    t.add_argument("--timeout", type=float, default=0, help="stop after S seconds")
+    tp = sub.add_parser("topics", help="each topic with partitions and end offsets")
+    tp.add_argument("--create", action="store_true", help="create missing topics first")
+    sub.add_parser("config", help="print every setting with its value and meaning")
+    return parser
+
+
+COMMANDS = {"up": cmd_up, "worker": cmd_worker, "publish": cmd_publish, "tail": cmd_tail,
+            "topics": cmd_topics, "config": cmd_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kaifong`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ValueError as exc:  # bad settings
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""kaifong.agents.worker — the composition root: one app, its agents, tasks and web views.
+
+Layer: agents (top). ``Worker(settings)`` wires Redis, the Faust app, the intake pipeline and
+the handlers together; ``run()`` runs it until SIGINT/SIGTERM. Agents are registered here
+explicitly (no autodiscovery), so what runs is what this file says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from kaifong.agents import web
+from kaifong.agents.drills import Drills
+from kaifong.agents.incidents import Incidents
+from kaifong.agents.intake import Pipeline
+from kaifong.agents.units import UnitsIntake
+from kaifong.streams import metrics
+from kaifong.streams.app import KaifongApp, create_app
+from kaifong.streams.codec import Headers
+from kaifong.streams.redisio import connect
+from kaifong.streams.settings import Settings
+from kaifong.streams.topics import DRILLS_RESPONSES, INCIDENTS_REPORTED, INCIDENTS_UPDATES, TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Worker:
+    """Everything one worker process runs."""
+
+    def __init__(self, settings: Settings, *, process_start: float | None = None) -> None:
+        self.settings = settings
+        self.started_monotonic = time.monotonic()
+        # Start-to-ready is measured from the process start when the CLI passes it in.
+        self.process_start = process_start if process_start is not None else time.time()
+        self.ready_after_s: float | None = None
+        self.app: KaifongApp = create_app(settings, web_router_enabled=False, web_tables_enabled=False,
+                                          web_graph_enabled=False, web_stats_enabled=False)
+        self.redis = connect(settings)
+        self.pipeline = Pipeline(settings, self.redis, self.send, _now)
+        self.incidents = Incidents(settings, self.redis, self.send, _now)
+        self.drills = Drills(self.redis)
+        self.units = UnitsIntake(settings, self.redis, _now)
+        self._faust_assigned = asyncio.Event()
+        metrics.init_labels(settings)
+        metrics.WORKER_STARTED.set(self.process_start)
+        metrics.WORKER_READY.set(0)
+        self._register()
+
+    # -- wiring ---------------------------------------------------------------------------
+    def _raw_topic(self, spec: TopicSpec) -> Any:
+        return self.app.topic(spec.name(self.settings), key_serializer="raw", value_serializer="raw",
+                              partitions=spec.partitions(self.settings))
+
+    def _register(self) -> None:
+        app = self.app
+        pipeline = self.pipeline
+
+        def intake_agent(spec: TopicSpec, handler: Any, name: str) -> None:
+            async def agent(stream: Any) -> None:
+                async for event in stream.events():
+                    await pipeline.process(spec, event.message, handler, name)
+
+            agent.__name__ = name
+            agent.__qualname__ = name
+            app.agent(self._raw_topic(spec), name=name)(agent)
+
+        intake_agent(INCIDENTS_REPORTED, self.incidents.on_reported, "incidents_reported")
+        intake_agent(INCIDENTS_UPDATES, self.incidents.on_update, "incidents_updates")
+        intake_agent(DRILLS_RESPONSES, self.drills.on_response, "drills_responses")
+
+        app.early_tasks.append(self.units.run)
+
+        @app.task
+        async def readiness() -> None:
+            # Ready = Faust has its partitions and the units batch consumer has joined.
+            await self.units.joined.wait()
+            await self._faust_assigned.wait()
+            self.ready_after_s = round(time.time() - self.process_start, 3)
+            metrics.WORKER_READY.set(1)
+            metrics.WORKER_READY_SECONDS.set(self.ready_after_s)
+            log.info("worker ready %.3fs after process start", self.ready_after_s)
+
+        @app.on_rebalance_complete.connect
+        async def on_assigned(sender: Any, **kwargs: Any) -> None:
+            self._faust_assigned.set()
+
+        web.register(app, self)
+
+    def is_ready(self) -> bool:
+        """True once the worker consumes all its inputs."""
+        return self.ready_after_s is not None
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+        """Produce one record and wait until the broker has it (acks per settings)."""
+        fut = await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
+        await fut
+
+    # -- running --------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until SIGINT/SIGTERM (Faust's worker owns the loop and the signals)."""
+        os.makedirs(self.settings.data_dir, exist_ok=True)
+        worker = faust.Worker(self.app, loglevel=self.settings.log_level.upper(), quiet=True,
+                              redirect_stdouts=False)
+        worker.execute_from_commandline()

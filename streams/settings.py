@@ -1,0 +1,145 @@
+"""kaifong.streams.settings — one frozen settings object, read from ``KAIFONG_*`` variables.
+
+Layer: streams. Built once by :meth:`Settings.from_env` when the app is built (never at
+import time); tests construct their own. Every field documents itself: ``kaifong config``
+prints the table, and the README's configuration table is generated from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """One response ring: its number, name and target seconds from the report."""
+
+    number: int
+    name: str
+    target_s: float
+
+
+#: DESIGN.md §1: the 1-3-5 rings of the programme plus the street and professional rings.
+DEFAULT_RINGS = "self_rescue:60,mutual_aid:180,grid:300,street:600,professional:1200"
+
+
+def parse_rings(text: str) -> tuple[Ring, ...]:
+    """Parse ``name:seconds,name:seconds,…`` (ring numbers follow the order).
+
+    >>> [r.target_s for r in parse_rings("self_rescue:60,mutual_aid:180,grid:300")]
+    [60.0, 180.0, 300.0]
+    """
+    rings = []
+    for number, part in enumerate((p.strip() for p in text.split(",") if p.strip()), start=1):
+        name, _, seconds = part.partition(":")
+        if not name or not seconds:
+            raise ValueError(f"ring {number}: expected name:seconds, got {part!r}")
+        target = float(seconds)
+        if target <= 0:
+            raise ValueError(f"ring {number} ({name}): target must be positive")
+        if rings and target <= rings[-1].target_s:
+            raise ValueError(f"ring {number} ({name}): targets must increase ring by ring")
+        rings.append(Ring(number, name.strip(), target))
+    if not rings:
+        raise ValueError("the ring table is empty")
+    return tuple(rings)
+
+
+def _opt(env: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a kaifong process can be told, each field with its variable and meaning."""
+
+    broker_url: str = _opt("KAIFONG_BROKER_URL", "kafka://127.0.0.1:19092",
+                           "Kafka bootstrap servers, `kafka://host:port[;host:port]`.")
+    redis_url: str = _opt("KAIFONG_REDIS_URL", "redis://127.0.0.1:16379/0",
+                          "Redis holding unit state, reservations, clocks and dedupe keys. "
+                          "`kaifong up` starts an embedded Valkey unless this is set.")
+    topic_prefix: str = _opt("KAIFONG_TOPIC_PREFIX", "kaifong.", "Prefix of every topic name.")
+    partitions: int = _opt("KAIFONG_PARTITIONS", 4,
+                           "Partitions of each keyed topic (scale is partitions: at most one "
+                           "worker per partition does work).")
+    replication_factor: int = _opt("KAIFONG_REPLICATION_FACTOR", 1,
+                                   "Replication factor for created topics (3 in production).")
+    app_id: str = _opt("KAIFONG_APP_ID", "kaifong",
+                       "Consumer group id of the workers (and Faust app id).")
+    web_host: str = _opt("KAIFONG_WEB_HOST", "127.0.0.1", "Address of the worker's web port.")
+    web_port: int = _opt("KAIFONG_WEB_PORT", 6066,
+                         "Worker web port: /health, /ready, /metrics, /api/*, the console.")
+    data_dir: str = _opt("KAIFONG_DATA_DIR", ".kaifong",
+                         "Directory for the worker's local files (one per worker process).")
+    rings: str = _opt("KAIFONG_RINGS", DEFAULT_RINGS,
+                      "Ring table, `name:seconds,…` in order (ring 1 first).")
+    max_event_bytes: int = _opt("KAIFONG_MAX_EVENT_BYTES", 256 * 1024,
+                                "Largest accepted input event; larger ones are dead-lettered.")
+    dedupe_ttl_s: int = _opt("KAIFONG_DEDUPE_TTL_S", 7 * 24 * 3600,
+                             "How long an event_id is remembered for duplicate detection.")
+    session_timeout_s: float = _opt("KAIFONG_BROKER_SESSION_TIMEOUT_S", 6.0,
+                                    "Consumer-group session timeout; a join waits about half "
+                                    "of it, so it bounds start-up and failover time.")
+    heartbeat_interval_s: float = _opt("KAIFONG_BROKER_HEARTBEAT_INTERVAL_S", 0.5,
+                                       "Consumer-group heartbeat interval.")
+    fetch_max_wait_ms: int = _opt("KAIFONG_FETCH_MAX_WAIT_MS", 10,
+                                  "Longest a fetch waits for data. Faust hard-codes 1500 ms and "
+                                  "some brokers hold a fetch for the whole wait: every hop would "
+                                  "cost ~1.2 s.")
+    producer_linger_ms: int = _opt("KAIFONG_PRODUCER_LINGER_MS", 5,
+                                   "Linger of the worker's producer (batching on the broker).")
+    producer_acks: str = _opt("KAIFONG_PRODUCER_ACKS", "all", "Producer acks: all, 1 or 0.")
+    status_batch_max: int = _opt("KAIFONG_STATUS_BATCH_MAX", 2000,
+                                 "Largest batch the unit-status firehose processes at once.")
+    log_level: str = _opt("KAIFONG_LOG_LEVEL", "info", "Log level: debug, info, warning, error.")
+    api_token: str = _opt("KAIFONG_API_TOKEN", "",
+                          "Bearer token for HTTP writes (and for everything when the web port "
+                          "is bound beyond loopback). Secret: never logged.")
+    embedded_broker_port: int = _opt("KAIFONG_EMBEDDED_BROKER_PORT", 19092,
+                                     "`kaifong up`: port of the embedded Tansu broker.")
+    embedded_redis_port: int = _opt("KAIFONG_EMBEDDED_REDIS_PORT", 16379,
+                                    "`kaifong up`: port of the embedded Valkey.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``), then ``overrides``."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{f.metadata['env']}={raw!r}: expected {kind.__name__}") from None
+        values.update(overrides)
+        settings = cls(**values)
+        settings.ring_table()  # fail at start, not at the first incident
+        return settings
+
+    def ring_table(self) -> tuple[Ring, ...]:
+        """The configured rings, parsed."""
+        return parse_rings(self.rings)
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` list for Kafka clients (scheme stripped)."""
+        return [s.split("://", 1)[-1] for s in self.broker_url.replace(",", ";").split(";") if s]
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked (safe to log or print)."""
+        out = dataclasses.asdict(self)
+        if out["api_token"]:
+            out["api_token"] = "***"
+        return out
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """``(variable, default, meaning)`` for every setting."""
+        return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in dataclasses.fields(cls)]
