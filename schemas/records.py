@@ -9,7 +9,7 @@ back as ``datetime``, nested objects as records).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import faust
 
@@ -17,9 +17,15 @@ import faust
 class _Wire(faust.Record, abstract=True, include_metadata=False, coerce=True):  # type: ignore[call-arg]
     """Common base: the JSON shape on the wire, optional fields omitted when unset."""
 
+    #: Fields the schema requires but allows to be null: kept as ``null`` on the wire.
+    keep_null: ClassVar[frozenset[str]] = frozenset()
+
     def to_wire(self) -> dict[str, Any]:
         """The record as the JSON object of its schema (``None`` optionals dropped)."""
-        return _strip(self.asdict())
+        out: dict[str, Any] = _strip(self.asdict())
+        for name in self.keep_null:
+            out.setdefault(name, None)
+        return out
 
 
 def _strip(value: Any) -> Any:
@@ -250,6 +256,8 @@ class DrillScored(_Wire, namespace="kaifong.drill_result.v1"):
     unit_id: str
     channel: str
     issued_at: datetime
+    keep_null = frozenset({"ack_s", "muster_s"})
+
     outcome: str
     ack_s: float | None
     muster_s: float | None
@@ -268,6 +276,8 @@ class DeadLettered(_Wire, namespace="kaifong.dead_letter.v1"):
     stage: str
     error_class: str
     error: str
+    keep_null = frozenset({"key_b64", "value_b64"})
+
     key_b64: str | None
     value_b64: str | None
     value_size: int

@@ -139,6 +139,10 @@ class Settings:
             out["api_token"] = "***"
         return out
 
+    def to_env(self) -> dict[str, str]:
+        """The ``KAIFONG_*`` variables that rebuild these settings in another process."""
+        return {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
         """``(variable, default, meaning)`` for every setting."""
