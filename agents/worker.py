@@ -92,7 +92,7 @@ class Worker:
             log.info("worker ready %.3fs after process start", self.ready_after_s)
 
         @app.on_rebalance_complete.connect
-        async def on_assigned(sender: Any, **kwargs: Any) -> None:
+        async def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
             self._faust_assigned.set()
 
         web.register(app, self)

@@ -105,10 +105,7 @@ def describe(settings: Settings, names: list[str] | None = None) -> list[Partiti
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                              client_id="kaifong-topics", fetch_max_wait_ms=50)
     try:
-        parts = []
-        for name in names:
-            for p in sorted(consumer.partitions_for_topic(name) or ()):
-                parts.append(TopicPartition(name, p))
+        parts = [TopicPartition(name, p) for name in names for p in sorted(consumer.partitions_for_topic(name) or ())]
         if not parts:
             return []
         begin = consumer.beginning_offsets(parts)

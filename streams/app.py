@@ -35,7 +35,7 @@ class _LowWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class _LowWaitConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> Any:
         thread = _LowWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
-        thread.fetch_max_wait_ms = int(self.app.conf.kaifong_fetch_max_wait_ms)  # type: ignore[attr-defined]
+        thread.fetch_max_wait_ms = int(self.app.conf.kaifong_fetch_max_wait_ms)  # type: ignore[misc,attr-defined]
         return thread
 
 

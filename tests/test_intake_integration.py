@@ -13,7 +13,6 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 
-
 pytestmark = pytest.mark.integration
 
 T0 = "2026-11-29T14:00:00+08:00"
