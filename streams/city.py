@@ -18,6 +18,7 @@ Layer: streams. Imports the standard library and orjson only.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import random
 import zlib
@@ -337,29 +338,78 @@ def _equipment(rng: random.Random, probs: dict[str, float], venue: str, water: b
 
 
 @dataclass
+class _Venue:
+    """A venue while generating: id, type, display label and km position."""
+
+    vid: str
+    vtype: str
+    label: str
+    x: float
+    y: float
+
+
+@dataclass(eq=False)
+class _Street:
+    """A street (街道) or town (镇) while generating: id, km position, density and its grids."""
+
+    sid: str
+    name: str
+    town: bool
+    x: float
+    y: float
+    spread: float  # km sigma of its police grids around the centre
+    weight: float  # relative density of units
+    grids: list[_Grid] = field(default_factory=list)
+
+
+@dataclass(eq=False)
 class _Grid:
     """A comprehensive grid while generating: ids, km position, spread and venues so far."""
 
     gid: str
-    street: int  # index into the district's streets
+    street: _Street
     pg: str
     x: float
     y: float
-    spread: float  # km sigma for venues and bases around the centre
-    weight: float
-    venues: list[tuple[str, str, str, float, float]] = field(default_factory=list)  # id, type, label, x, y
+    spread: float  # km sigma of venues and bases around the centre
+    weight: float  # relative density of units
+    venues: list[_Venue] = field(default_factory=list)
     seq: int = 0  # last unit number used in this grid
 
 
-def _record(rng: random.Random, kind: str, uid: str, *, name: str, d: District, street: str, g: _Grid,
+def _streets(rng: random.Random, d: District) -> list[_Street]:
+    """The district's streets: Gaussian around the centre, numbered from the core outwards.
+
+    Density decays with distance from the centre, and outer streets spread wider (the same
+    number of grids over more ground), which is what makes the core dense; the farthest
+    streets are towns (镇), as in the real outer districts.
+    """
+    r = d.radius_km
+    count, towns = _STREETS[d.code]
+    points = sorted((_near(rng, 0.0, 0.0, 0.45 * r, r) for _ in range(count)),
+                    key=lambda p: (p[0] ** 2 + p[1] ** 2, p))
+    names: set[str] = set()
+    streets = []
+    for i, (x, y) in enumerate(points):
+        dist = math.hypot(x, y)
+        town = i >= count - towns
+        streets.append(_Street(
+            sid=f"{d.code}-S{i + 1:02d}", name=_place_name(rng, names) + ("镇" if town else "街道"),
+            town=town, x=x, y=y, spread=r / math.sqrt(count) * (0.7 + 0.8 * dist / r),
+            weight=math.exp(-dist / (0.6 * r)) * rng.lognormvariate(0.0, 0.25)))
+    return streets
+
+
+def _record(rng: random.Random, kind: str, uid: str, *, name: str, d: District, g: _Grid,
             venue: tuple[str, str], at: tuple[float, float], kit: list[str]) -> Unit:
     """One schema-shaped ``unit-registered`` record (responders drawn from the kind's range)."""
     lo, hi = _RESPONDERS[kind]
     lat, lon = _to_latlon(d.centre, *at)
     return {
         "event_id": f"reg-{uid}", "unit_id": uid, "kind": kind, "name": name, "district": d.name,
-        "street": street, "police_grid": g.pg, "grid": g.gid, "venue": {"id": venue[0], "type": venue[1]},
-        "home": {"lat": lat, "lon": lon}, "responders": rng.randint(lo, hi), "equipment": kit,
+        "street": g.street.sid, "police_grid": g.pg, "grid": g.gid,
+        "venue": {"id": venue[0], "type": venue[1]}, "home": {"lat": lat, "lon": lon},
+        "responders": rng.randint(lo, hi), "equipment": kit,
     }
 
 
