@@ -6,6 +6,7 @@ both call these, so there is one implementation of the rules.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -96,4 +97,31 @@ def apply_update(state: dict[str, Any], update: dict[str, Any], now: datetime) -
             for ring in new["rings"]:
                 if ring["state"] == "pending":
                     ring["state"] = "stopped"
+    return new
+
+
+def initial_rings(severity: int, configured: Iterable[int]) -> list[int]:
+    """Rings decided as soon as an incident is reported: 1–3, and 4–5 too for severity 1–2.
+
+    >>> initial_rings(1, [1, 2, 3, 4, 5]), initial_rings(3, [1, 2, 3, 4, 5]), initial_rings(1, [1, 2, 3])
+    ([1, 2, 3, 4, 5], [1, 2, 3], [1, 2, 3])
+    """
+    wanted = {1, 2, 3} | ({4, 5} if severity <= 2 else set())
+    return sorted(r for r in configured if r in wanted)
+
+
+def with_assignments(state: dict[str, Any], assignments: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    """A new state listing the units assigned per ring (status ``assigned`` until they report)."""
+    new = {**state, "version": state["version"] + 1, "updated_at": _iso(now),
+           "units": [dict(u) for u in state["units"]], "rings": [dict(r) for r in state["rings"]]}
+    known = {u["unit_id"] for u in new["units"]}
+    for body in assignments:
+        ids = [u["unit_id"] for u in body["units"]]
+        for ring in new["rings"]:
+            if ring["ring"] == body["ring"]:
+                ring["units"] = sorted(set(ring.get("units") or []) | set(ids))
+        for uid in ids:
+            if uid not in known:
+                new["units"].append({"unit_id": uid, "ring": body["ring"], "status": "assigned"})
+                known.add(uid)
     return new

@@ -8,6 +8,7 @@ no changelog replay. Handlers are idempotent: a replayed event republishes the s
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from kaifong.agents import clock
+from kaifong.agents.dispatch import Dispatcher, assignment_body, view_of
+from kaifong.agents.unitstore import UnitStore
 from kaifong.streams import metrics
 from kaifong.streams.codec import Headers, cloudevent_headers
 from kaifong.streams.settings import Settings
@@ -45,6 +48,8 @@ class Incidents:
     redis: aioredis.Redis
     send: Callable[[str, bytes | None, bytes, Headers], Any]
     clock: Callable[[], datetime]
+    store: UnitStore
+    dispatcher: Dispatcher
 
     @property
     def state_topic(self) -> str:
@@ -63,28 +68,69 @@ class Incidents:
                                      subject=state["incident_id"])
         await self.send(self.state_topic, state["incident_id"].encode(), orjson.dumps(state), headers)
         metrics.EVENTS_OUT.labels(self.state_topic).inc()
-        age = (now - clock.parse_time(state["reported_at"])).total_seconds()
-        if state["version"] == 1 and age >= 0:
-            metrics.EVENT_AGE.labels(self.settings.topic_prefix + "incidents.reported.v1").observe(age)
+
+    async def save(self, doc: dict[str, Any]) -> None:
+        """Write an incident's document back."""
+        await self.redis.set(incident_key(doc["state"]["incident_id"]), orjson.dumps(doc))
 
     async def on_reported(self, report: dict[str, Any]) -> None:
-        """Open the incident (once), publish its state, then apply any early updates."""
+        """Open the incident (once), dispatch rings 1–3 (1–5 for severity 1–2), publish.
+
+        Replay-safe: a stored decision is republished under the same ids; a decision that was
+        interrupted after reserving but before it was stored is released and made again.
+        """
+        started = time.perf_counter()
         incident_id = report["incident_id"]
         doc = await self.load(incident_id)
         if doc is None:
             state = clock.open_incident(report, self.settings.ring_table(), self.clock())
-            doc = {"state": state, "applied": [], "report_event_id": report["event_id"]}
-            # SET NX: the first report wins; a second report of the same incident under
-            # another event_id (two callers) is recorded on the first, not opened twice.
+            # The caller's contact stays upstream: kaifong keeps no personal data it does not need.
+            kept = {k: v for k, v in report.items() if k != "caller"}
+            doc = {"state": state, "applied": [], "report": kept, "assignments": None}
+            # SET NX: the first report wins; a second report of the same incident under another
+            # event_id (two callers) does not open it twice.
             if not await self.redis.set(incident_key(incident_id), orjson.dumps(doc), nx=True):
                 doc = await self.load(incident_id)
                 assert doc is not None
+        if doc.get("assignments") is None:
+            held = await self.store.held_by(incident_id)
+            if held:
+                await self.store.release(incident_id, held)
+            view = view_of(doc["report"])
+            rings = clock.initial_rings(view.severity, [r.number for r in self.settings.ring_table()])
+            decisions = await self.dispatcher.decide(view, rings)
+            now = self.clock()
+            bodies = [assignment_body(incident_id, d, 0, now, view.exercise) for d in decisions]
+            doc = {**doc, "assignments": bodies, "state": clock.with_assignments(doc["state"], bodies, now)}
+            await self.save(doc)
+        await self.republish_assignments(doc)
+        metrics.DECISION.observe(time.perf_counter() - started)
         await self.publish(doc["state"])
         early = await self.redis.lrange(early_key(incident_id), 0, -1)
         for raw in early:
             await self.on_update(orjson.loads(raw))
         if early:
             await self.redis.delete(early_key(incident_id))
+
+    async def republish_assignments(self, doc: dict[str, Any]) -> None:
+        """Send the stored assignment bodies (first time, or again after a replay: same ids)."""
+        state = doc["state"]
+        for body in doc["assignments"] or []:
+            decided = clock.parse_time(body["decided_at"])
+            headers = cloudevent_headers(body["assignment_id"], "assignment", decided, subject=body["incident_id"])
+            await self.send(self.dispatcher.topic, body["incident_id"].encode(), orjson.dumps(body), headers)
+            metrics.EVENTS_OUT.labels(self.dispatcher.topic).inc()
+            if body["attempt"] == 0 and not doc.get("assignments_counted"):
+                ring = str(body["ring"])
+                outcome = ("no_candidate" if not body["units"] else "shortfall" if body.get("shortfall")
+                           else "beyond_target" if body["reason"] == "beyond_target" else "ok")
+                metrics.ASSIGNMENTS.labels(ring, outcome, "true" if state["exercise"] else "false").inc()
+        if doc["assignments"] and not doc.get("assignments_counted"):
+            doc["assignments_counted"] = True
+            await self.save(doc)
+            age = time.time() - clock.parse_time(state["reported_at"]).timestamp()
+            if age >= 0:
+                metrics.REPORTED_TO_ASSIGNMENT.labels("true" if state["exercise"] else "false").observe(age)
 
     async def on_update(self, update: dict[str, Any]) -> None:
         """Apply a milestone; park it if its report has not arrived yet."""
@@ -99,5 +145,8 @@ class Incidents:
             return
         state = clock.apply_update(doc["state"], update, self.clock())
         doc = {**doc, "state": state, "applied": [*doc["applied"], update["event_id"]][-APPLIED_KEEP:]}
-        await self.redis.set(incident_key(incident_id), orjson.dumps(doc))
+        await self.save(doc)
+        if state["status"] in clock.TERMINAL:
+            # Resolved or cancelled: every unit it still holds is free again.
+            await self.store.release(incident_id, await self.store.held_by(incident_id))
         await self.publish(state)

@@ -22,8 +22,10 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.structs import ConsumerRecord, TopicPartition
+from redis.exceptions import NoScriptError
 
 from kaifong.agents.intake import INFRA_ERRORS, dedupe_key
+from kaifong.agents.unitstore import UnitStore, live_key, registry_key
 from kaifong.schemas.validation import InvalidEvent, parse
 from kaifong.streams import metrics
 from kaifong.streams.codec import dead_letter
@@ -31,40 +33,6 @@ from kaifong.streams.settings import Settings
 from kaifong.streams.topics import UNITS_REGISTRY, UNITS_STATUS
 
 log = logging.getLogger(__name__)
-
-# KEYS: seen, unit live hash. ARGV: ttl, seq, status, at, lat, lon, on_duty, incident, unit_id
-# Returns "ok", "dup" or "stale:<seq already applied>".
-STATUS_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'dup' end
-local cur = redis.call('HGET', KEYS[2], 'seq')
-if cur and tonumber(ARGV[2]) <= tonumber(cur) then return 'stale:' .. cur end
-redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'status', ARGV[3], 'at', ARGV[4])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'lat', ARGV[5], 'lon', ARGV[6]) end
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'on_duty', ARGV[7]) end
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[2], 'incident_id', ARGV[8])
-else redis.call('HDEL', KEYS[2], 'incident_id') end
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-return 'ok'
-"""
-
-# KEYS: seen, unit registry hash. ARGV: ttl, json
-REGISTRY_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'dup' end
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-return 'ok'
-"""
-
-
-def unit_live_key(unit_id: str) -> str:
-    """Redis hash of a unit's live state."""
-    return f"kf:unit:{unit_id}:live"
-
-
-def unit_registry_key(unit_id: str) -> str:
-    """Redis key of a unit's registry entry (JSON)."""
-    return f"kf:unit:{unit_id}:reg"
-
 
 class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: UnitsIntake) -> None:
@@ -83,18 +51,13 @@ class UnitsIntake:
 
     settings: Settings
     redis: aioredis.Redis
+    store: UnitStore
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     joined: asyncio.Event = field(default_factory=asyncio.Event)
-    _status_sha: str = ""
-    _registry_sha: str = ""
 
     def topics(self) -> tuple[str, str]:
         """Full names of the two topics this consumer reads."""
         return UNITS_REGISTRY.name(self.settings), UNITS_STATUS.name(self.settings)
-
-    async def _load_scripts(self) -> None:
-        self._status_sha = await self.redis.script_load(STATUS_LUA)
-        self._registry_sha = await self.redis.script_load(REGISTRY_LUA)
 
     async def run(self) -> None:
         """Consume forever (until cancelled)."""
@@ -113,7 +76,7 @@ class UnitsIntake:
         await producer.start()
         await consumer.start()
         try:
-            await self._retry(self._load_scripts)
+            await self._retry(self.store.load_scripts)
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=s.status_batch_max)
                 if not batches:
@@ -152,20 +115,29 @@ class UnitsIntake:
                 refusals.append((rec, "intake", exc.error_class, "; ".join(exc.reasons)))
         counts = {"ok": 0, "invalid": len(refusals), "duplicate": 0, "refused": 0}
 
+        now_ms = int(self.clock().timestamp() * 1000)
+
         async def apply() -> list[Any]:
-            await self._ensure_scripts()
+            status_sha = await self.store.sha("status")
+            registry_sha = await self.store.sha("registry")
             pipe = self.redis.pipeline(transaction=False)
             for _, d in valid:
                 seen = dedupe_key(event_type, d)
+                uid = d["unit_id"]
                 if is_status:
                     loc = d.get("location") or {}
-                    pipe.evalsha(self._status_sha, 2, seen, unit_live_key(d["unit_id"]), s.dedupe_ttl_s,
+                    pipe.evalsha(status_sha, 2, seen, live_key(uid), s.dedupe_ttl_s,
                                  d["seq"], d["status"], d["at"], loc.get("lat", ""), loc.get("lon", ""),
-                                 d.get("responders_on_duty", ""), d.get("incident_id", ""), d["unit_id"])
+                                 d.get("responders_on_duty", ""), d.get("incident_id", ""), uid, now_ms)
                 else:
-                    pipe.evalsha(self._registry_sha, 2, seen, unit_registry_key(d["unit_id"]), s.dedupe_ttl_s,
-                                 orjson.dumps(d))
-            return list(await pipe.execute())
+                    pipe.evalsha(registry_sha, 3, seen, registry_key(uid), live_key(uid), s.dedupe_ttl_s,
+                                 orjson.dumps(d), uid, d["kind"], d["home"]["lat"], d["home"]["lon"],
+                                 d["district"], d["grid"])
+            try:
+                return list(await pipe.execute())
+            except NoScriptError:  # Redis restarted: reload and redo the (idempotent) batch
+                await self.store.load_scripts()
+                raise ConnectionError("redis lost its scripts") from None
 
         results = await self._retry(apply) if valid else []
         for (rec, _d), result in zip(valid, results, strict=True):
@@ -174,10 +146,14 @@ class UnitsIntake:
                 counts["ok"] += 1
             elif text == "dup":
                 counts["duplicate"] += 1
-            else:
+            elif text.startswith("stale:"):
                 counts["refused"] += 1
                 refusals.append((rec, "units", "stale_seq",
                                  f"seq {_d['seq']} is not newer than seq {text.split(':', 1)[1]} already applied"))
+            else:
+                counts["refused"] += 1
+                refusals.append((rec, "units", "illegal_transition",
+                                 f"{text.split(':', 1)[1]} → {_d['status']} is not a legal transition"))
         now = self.clock()
         futures = []
         for rec, stage, error_class, reason in refusals:
@@ -198,9 +174,3 @@ class UnitsIntake:
         metrics.BATCH_SIZE.labels("units").observe(len(records))
         metrics.PROCESSING.labels("units").observe(time.perf_counter() - start)
         return counts
-
-    async def _ensure_scripts(self) -> None:
-        # After a Redis restart the script cache is empty: reload before the batch (cheap check).
-        exists = await self.redis.script_exists(self._status_sha, self._registry_sha)
-        if not all(exists):
-            await self._load_scripts()

@@ -17,10 +17,12 @@ from typing import Any
 import faust
 
 from kaifong.agents import web
+from kaifong.agents.dispatch import Dispatcher
 from kaifong.agents.drills import Drills
 from kaifong.agents.incidents import Incidents
 from kaifong.agents.intake import Pipeline
 from kaifong.agents.units import UnitsIntake
+from kaifong.agents.unitstore import UnitStore
 from kaifong.streams import metrics
 from kaifong.streams.app import KaifongApp, create_app
 from kaifong.streams.codec import Headers
@@ -48,9 +50,11 @@ class Worker:
                                           web_graph_enabled=False, web_stats_enabled=False)
         self.redis = connect(settings)
         self.pipeline = Pipeline(settings, self.redis, self.send, _now)
-        self.incidents = Incidents(settings, self.redis, self.send, _now)
+        self.store = UnitStore(self.redis, settings.unit_stale_after_s)
+        self.dispatcher = Dispatcher.from_settings(settings, self.store, self.send, _now)
+        self.incidents = Incidents(settings, self.redis, self.send, _now, self.store, self.dispatcher)
         self.drills = Drills(self.redis)
-        self.units = UnitsIntake(settings, self.redis, _now)
+        self.units = UnitsIntake(settings, self.redis, self.store, _now)
         self._faust_assigned = asyncio.Event()
         metrics.init_labels(settings)
         metrics.WORKER_STARTED.set(self.process_start)
@@ -81,6 +85,16 @@ class Worker:
 
         app.early_tasks.append(self.units.run)
 
+        @app.timer(interval=max(1.0, self.settings.unit_stale_after_s / 10))
+        async def sweep_stale_units() -> None:
+            # Idempotent on every worker: a unit silent for longer than the limit leaves the
+            # geo index until it speaks again.
+            swept = await self.pipeline.retrying(
+                "sweep", lambda: self.store.sweep_stale(int(_now().timestamp() * 1000)))
+            if swept:
+                metrics.UNITS_STALE.inc(swept)
+                log.info("%d units marked unavailable: heartbeats stopped", swept)
+
         @app.task
         async def readiness() -> None:
             # Ready = Faust has its partitions and the units batch consumer has joined.
@@ -91,9 +105,10 @@ class Worker:
             metrics.WORKER_READY_SECONDS.set(self.ready_after_s)
             log.info("worker ready %.3fs after process start", self.ready_after_s)
 
-        @app.on_rebalance_complete.connect
-        async def on_assigned(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
             self._faust_assigned.set()
+
+        app.on_rebalance_complete.connect(on_assigned)  # type: ignore[arg-type]
 
         web.register(app, self)
 

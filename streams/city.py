@@ -238,7 +238,7 @@ _EQUIP_SERVICE: dict[str, dict[str, float]] = {
             "extinguisher": 0.40, "life_buoy": 0.15, "shield": 0.05, "steel_fork": 0.05, "baton": 0.05},
 }
 _EQUIP_VENUE: dict[str, dict[str, float]] = {
-    "school": {"shield": 0.75, "steel_fork": 0.75},  # campus-safety kit is mandated at schools
+    "school": {"shield": 0.75, "steel_fork": 0.75},  # campus-safety kit (shield, steel fork) is standard issue
     "mall": {"shield": 0.70, "steel_fork": 0.70, "aed": 0.30},
     "hospital": {"aed": 0.90, "stretcher": 0.85},
     "transit": {"extinguisher": 0.90, "aed": 0.40},
@@ -578,8 +578,17 @@ def write_registry(city: City, path: Path, fmt: str = "jsonl") -> int:
 def read_registry(path: Path) -> list[Unit]:
     """Read a registry written by :func:`write_registry` (CSV if the suffix is .csv, else JSONL)."""
     if path.suffix.lower() != ".csv":
-        rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-        return [row for row in rows if isinstance(row, dict)]
+        rows: list[Unit] = []
+        for n, line in enumerate(path.read_bytes().splitlines(), start=1):
+            if not line.strip():
+                continue
+            row = orjson.loads(line)
+            if isinstance(row, dict):
+                rows.append(row)
+                continue
+            # ValueError like orjson's own decode errors: the file's content is wrong, not a type.
+            raise ValueError(f"{path}:{n}: expected a JSON object per line")
+        return rows
     units: list[Unit] = []
     with path.open(encoding="utf-8", newline="") as fh:
         for row in csv.DictReader(fh):

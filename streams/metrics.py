@@ -28,8 +28,6 @@ PROCESSING = Histogram("kaifong_processing_seconds", "Time spent handling one ev
                        "for batch agents) inside the worker.", ["agent"], buckets=_PROC_BUCKETS)
 BATCH_SIZE = Histogram("kaifong_batch_events", "Events per batch on the batch paths.", ["agent"],
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
-EVENT_AGE = Histogram("kaifong_event_age_seconds", "Event time to the moment its effect was written "
-                      "(for incidents: reported_at → state published).", ["topic"], buckets=_E2E_BUCKETS)
 REDIS_CALL = Histogram("kaifong_redis_call_seconds", "Redis round trips by operation.", ["op"],
                        buckets=_PROC_BUCKETS)
 REDIS_ERRORS = Counter("kaifong_redis_errors_total", "Redis calls that failed (retried until Redis is "
@@ -37,6 +35,16 @@ REDIS_ERRORS = Counter("kaifong_redis_errors_total", "Redis calls that failed (r
 WORKER_READY = Gauge("kaifong_worker_ready", "1 when the worker has joined its groups and serves.")
 WORKER_STARTED = Gauge("kaifong_worker_start_time_seconds", "Unix time the worker process started.")
 WORKER_READY_SECONDS = Gauge("kaifong_worker_ready_seconds", "Seconds from process start to ready.")
+ASSIGNMENTS = Counter("kaifong_assignments_total", "Ring decisions by ring and outcome (ok, shortfall, "
+                      "no_candidate, beyond_target).", ["ring", "outcome", "exercise"])
+RESERVATION_CONFLICTS = Counter("kaifong_reservation_conflicts_total", "Units lost to another incident "
+                                "between choosing and reserving (decided again without them).")
+REPORTED_TO_ASSIGNMENT = Histogram("kaifong_reported_to_assignment_seconds", "Incident reported_at (event "
+                                   "time) to its assignments acknowledged by the broker.", ["exercise"],
+                                   buckets=_E2E_BUCKETS)
+DECISION = Histogram("kaifong_decision_seconds", "Inside the worker: incident received to its assignments "
+                     "acknowledged by the broker.", buckets=_PROC_BUCKETS)
+UNITS_STALE = Counter("kaifong_units_stale_total", "Units marked unavailable because their heartbeats stopped.")
 INTERNAL_ERRORS = Counter("kaifong_internal_errors_total", "Unexpected handler errors (the event is "
                           "dead-lettered with stage and class; the worker goes on).", ["agent"])
 
@@ -52,5 +60,11 @@ def init_labels(settings: Settings) -> None:
                         "bad_enum", "out_of_range", "unknown_field", "bad_time", "bad_format",
                         "too_long", "schema", "stale_seq", "internal_error"):
         DEADLETTERS.labels("intake", error_class)
-    for op in ("dedupe", "incident", "units_batch"):
+    for op in ("dedupe", "handle", "units_batch"):
         REDIS_ERRORS.labels(op)
+    for ring in settings.ring_table():
+        for outcome in ("ok", "shortfall", "no_candidate", "beyond_target"):
+            for exercise in ("false", "true"):
+                ASSIGNMENTS.labels(str(ring.number), outcome, exercise)
+    for exercise in ("false", "true"):
+        REPORTED_TO_ASSIGNMENT.labels(exercise)

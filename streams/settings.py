@@ -99,6 +99,15 @@ class Settings:
     producer_acks: str = _opt("KAIFONG_PRODUCER_ACKS", "all", "Producer acks: all, 1 or 0.")
     status_batch_max: int = _opt("KAIFONG_STATUS_BATCH_MAX", 2000,
                                  "Largest batch the unit-status firehose processes at once.")
+    unit_stale_after_s: float = _opt("KAIFONG_UNIT_STALE_AFTER_S", 60.0,
+                                     "A unit whose status/heartbeats stop for longer is treated as "
+                                     "unavailable until it speaks again.")
+    run_cards_file: str = _opt("KAIFONG_RUN_CARDS_FILE", "",
+                               "JSON run cards (category → severity → responders, equipment); "
+                               "empty = the built-in cards.")
+    readiness_weight: float = _opt("KAIFONG_READINESS_WEIGHT", 0.0,
+                                   "How much a unit's drill readiness (0..1) weighs in ranking, in "
+                                   "minutes of ETA per unit of readiness (0 = off).")
     log_level: str = _opt("KAIFONG_LOG_LEVEL", "info", "Log level: debug, info, warning, error.")
     api_token: str = _opt("KAIFONG_API_TOKEN", "",
                           "Bearer token for HTTP writes (and for everything when the web port "

@@ -1,0 +1,261 @@
+"""kaifong.agents.unitstore — units in Redis: registry, live state, geo index, reservations.
+
+Layer: agents (the Redis adapter of the unit model). Every write is one Lua script, atomic per
+call, so that across partitions and worker processes:
+
+- a status update checks its sequence number and its transition and re-indexes the unit in one
+  step (no reader ever sees a unit "available" in the geo index that is not);
+- a reservation of several units for one incident ring either takes all of them or none, and
+  never takes a unit reserved by another incident (no unit is ever dispatched twice).
+
+Keys (single Redis; the scripts touch keys they compute, so Redis Cluster would need hash tags):
+``kf:unit:{id}:live`` (hash: status, seq, position, reservation, staleness),
+``kf:unit:{id}:reg`` (registry JSON), ``kf:geo:{pool}:{kind}`` (GEO set of dispatchable units;
+pool ``avail`` for real incidents, ``drill`` for units taking part in an exercise),
+``kf:units:seen`` (sorted set: last arrival time per unit, for heartbeat staleness).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from kaifong.agents.matching import Candidate
+
+KINDS = ("post", "unit", "grid_team", "street_force", "professional")
+
+# Shared Lua: put a unit in exactly the one geo set it belongs to (or none).
+_REINDEX = """
+local function reindex(live, uid)
+  local h = redis.call('HMGET', live, 'kind', 'status', 'reserved_by', 'lat', 'lon', 'stale', 'indexed')
+  local kind, status, reserved, lat, lon, stale, indexed = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
+  local want = false
+  if kind and lat and lon and stale ~= '1' and not reserved then
+    if status == 'available' then want = 'kf:geo:avail:' .. kind
+    elseif status == 'drilling' then want = 'kf:geo:drill:' .. kind end
+  end
+  if indexed and indexed ~= want then redis.call('ZREM', indexed, uid) end
+  if want then
+    redis.call('GEOADD', want, lon, lat, uid)
+    redis.call('HSET', live, 'indexed', want)
+  elseif indexed then
+    redis.call('HDEL', live, 'indexed')
+  end
+end
+"""
+
+# Transitions a unit may not report (prev → next). Everything else is allowed: a unit may
+# always report available, off duty or out of service, and a post may self-dispatch on scene.
+_ILLEGAL = {
+    "off_duty": ("dispatched", "en_route", "on_scene"),
+    "out_of_service": ("dispatched", "en_route", "on_scene", "drilling"),
+    "on_scene": ("dispatched", "en_route"),
+    "en_route": ("dispatched",),
+}
+_ILLEGAL_LUA = "local ILLEGAL = {" + ", ".join(
+    f"{prev} = {{" + ", ".join(f"{n} = true" for n in nexts) + "}" for prev, nexts in _ILLEGAL.items()
+) + "}\n"
+
+# KEYS: seen-key, live. ARGV: ttl, seq, status, at, lat, lon, on_duty, incident, unit_id, now_ms
+# Returns ok | dup | stale:<seq> | illegal:<prev>
+STATUS_LUA = _REINDEX + _ILLEGAL_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'dup' end
+local live, uid = KEYS[2], ARGV[9]
+local h = redis.call('HMGET', live, 'seq', 'status', 'reserved_by')
+local cur, prev, reserved = h[1], h[2], h[3]
+if cur and tonumber(ARGV[2]) <= tonumber(cur) then return 'stale:' .. cur end
+local nxt = ARGV[3]
+if prev and ILLEGAL[prev] and ILLEGAL[prev][nxt] then return 'illegal:' .. prev end
+redis.call('HSET', live, 'seq', ARGV[2], 'status', nxt, 'at', ARGV[4], 'seen_ms', ARGV[10], 'stale', '0')
+if ARGV[5] ~= '' then redis.call('HSET', live, 'lat', ARGV[5], 'lon', ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('HSET', live, 'on_duty', ARGV[7]) end
+if ARGV[8] ~= '' then redis.call('HSET', live, 'incident_id', ARGV[8]) else redis.call('HDEL', live, 'incident_id') end
+-- Released when it reports available after having worked (dispatched/en route/on scene):
+-- a plain "available" heartbeat sent before it heard of its dispatch keeps the reservation.
+if reserved and nxt == 'available' and (prev == 'dispatched' or prev == 'en_route' or prev == 'on_scene') then
+  redis.call('HDEL', live, 'reserved_by', 'reserved_ring', 'reserved_ms')
+end
+redis.call('ZADD', 'kf:units:seen', ARGV[10], uid)
+reindex(live, uid)
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return 'ok'
+"""
+
+# KEYS: seen-key, reg, live. ARGV: ttl, json, unit_id, kind, home_lat, home_lon, district, grid
+REGISTRY_LUA = _REINDEX + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'dup' end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], 'kind', ARGV[4], 'district', ARGV[7], 'grid', ARGV[8])
+if not redis.call('HGET', KEYS[3], 'lat') then redis.call('HSET', KEYS[3], 'lat', ARGV[5], 'lon', ARGV[6]) end
+redis.call('SADD', 'kf:units:all', ARGV[3])
+reindex(KEYS[3], ARGV[3])
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return 'ok'
+"""
+
+# ARGV: incident_id, pool, now_ms, stale_ms, n, unit ids (n), rings (n) → {} when all n are
+# reserved, else the units that could not be (and nothing is reserved). Reserving again for
+# the same incident is a no-op (replay-safe). Every reservation is also recorded in the
+# incident's set ``kf:inc:{id}:units`` so a replay can find what an interrupted decision held.
+RESERVE_LUA = _REINDEX + """
+local inc, pool, now, stale_ms, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local want = pool == 'drill' and 'drilling' or 'available'
+local failed = {}
+for i = 6, 5 + n do
+  local live = 'kf:unit:' .. ARGV[i] .. ':live'
+  local h = redis.call('HMGET', live, 'status', 'reserved_by', 'stale', 'seen_ms')
+  if h[2] ~= inc then
+    if h[2] or h[1] ~= want or h[3] == '1' or not h[4] or now - tonumber(h[4]) > stale_ms then
+      table.insert(failed, ARGV[i])
+    end
+  end
+end
+if #failed > 0 then return failed end
+for i = 6, 5 + n do
+  local live = 'kf:unit:' .. ARGV[i] .. ':live'
+  redis.call('HSET', live, 'reserved_by', inc, 'reserved_ring', ARGV[i + n], 'reserved_ms', ARGV[3])
+  redis.call('SADD', 'kf:inc:' .. inc .. ':units', ARGV[i])
+  reindex(live, ARGV[i])
+end
+return {}
+"""
+
+# ARGV: incident_id, unit ids… → number released (only units reserved by that incident).
+RELEASE_LUA = _REINDEX + """
+local n = 0
+for i = 2, #ARGV do
+  local live = 'kf:unit:' .. ARGV[i] .. ':live'
+  redis.call('SREM', 'kf:inc:' .. ARGV[1] .. ':units', ARGV[i])
+  if redis.call('HGET', live, 'reserved_by') == ARGV[1] then
+    redis.call('HDEL', live, 'reserved_by', 'reserved_ring', 'reserved_ms')
+    reindex(live, ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# ARGV: cutoff_ms, limit → units marked stale (heartbeats stopped), taken out of the geo index.
+SWEEP_LUA = _REINDEX + """
+local ids = redis.call('ZRANGEBYSCORE', 'kf:units:seen', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, uid in ipairs(ids) do
+  local live = 'kf:unit:' .. uid .. ':live'
+  redis.call('HSET', live, 'stale', '1')
+  redis.call('ZREM', 'kf:units:seen', uid)
+  reindex(live, uid)
+end
+return #ids
+"""
+
+SCRIPTS = {"status": STATUS_LUA, "registry": REGISTRY_LUA, "reserve": RESERVE_LUA, "release": RELEASE_LUA,
+           "sweep": SWEEP_LUA}
+
+
+def live_key(unit_id: str) -> str:
+    """Redis hash of a unit's live state."""
+    return f"kf:unit:{unit_id}:live"
+
+
+def registry_key(unit_id: str) -> str:
+    """Redis key of a unit's registry entry (JSON)."""
+    return f"kf:unit:{unit_id}:reg"
+
+
+def geo_key(pool: str, kind: str) -> str:
+    """GEO set of dispatchable units of ``kind`` in ``pool`` (avail or drill)."""
+    return f"kf:geo:{pool}:{kind}"
+
+
+@dataclass
+class UnitStore:
+    """The unit model in Redis, script by script."""
+
+    redis: aioredis.Redis
+    stale_after_s: float = 60.0
+    _sha: dict[str, str] | None = None
+
+    async def load_scripts(self) -> dict[str, str]:
+        """Load (or reload after a Redis restart) every script; return name → sha."""
+        self._sha = {name: await self.redis.script_load(text) for name, text in SCRIPTS.items()}
+        return self._sha
+
+    async def sha(self, name: str) -> str:
+        """The sha of script ``name``, loading scripts when needed."""
+        if self._sha is None:
+            await self.load_scripts()
+        assert self._sha is not None
+        return self._sha[name]
+
+    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        from redis.exceptions import NoScriptError
+
+        try:
+            return await self.redis.evalsha(await self.sha(name), len(keys), *keys, *args)
+        except NoScriptError:  # Redis restarted and lost its script cache
+            await self.load_scripts()
+            return await self.redis.evalsha(await self.sha(name), len(keys), *keys, *args)
+
+    async def reserve(self, incident_id: str, units: Sequence[tuple[str, int]], *, pool: str,
+                      now_ms: int) -> list[str]:
+        """Reserve every ``(unit_id, ring)`` for the incident, or none; return those that failed."""
+        if not units:
+            return []
+        ids = [u for u, _ in units]
+        rings = [r for _, r in units]
+        failed = await self._eval("reserve", (), (incident_id, pool, now_ms, int(self.stale_after_s * 1000),
+                                                   len(units), *ids, *rings))
+        return [f.decode() if isinstance(f, bytes) else str(f) for f in failed]
+
+    async def held_by(self, incident_id: str) -> set[str]:
+        """Units currently recorded as reserved for the incident."""
+        members: set[bytes] = await self.redis.smembers(f"kf:inc:{incident_id}:units")  # type: ignore[misc,assignment]
+        return {m.decode() for m in members}
+
+    async def release(self, incident_id: str, unit_ids: Iterable[str]) -> int:
+        """Release the units the incident holds; return how many were released."""
+        ids = list(unit_ids)
+        if not ids:
+            return 0
+        return int(await self._eval("release", (), (incident_id, *ids)))
+
+    async def sweep_stale(self, now_ms: int, limit: int = 5000) -> int:
+        """Mark units whose last heartbeat is older than ``stale_after_s`` unavailable."""
+        return int(await self._eval("sweep", (), (now_ms - int(self.stale_after_s * 1000), limit)))
+
+    async def candidates(self, lat: float, lon: float, searches: Sequence[tuple[str, float, int]],
+                         *, pool: str) -> list[Candidate]:
+        """Dispatchable units near a point: ``searches`` is ``[(kind, radius_m, count)]``.
+
+        One pipeline of GEOSEARCHes (small radii keep Redis' own cost low), then one MGET of
+        the registry entries of every hit.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for kind, radius, count in searches:
+            pipe.geosearch(geo_key(pool, kind), longitude=lon, latitude=lat, radius=radius, unit="m",
+                           sort="ASC", count=count, withcoord=True)
+        results = await pipe.execute()
+        hits: list[tuple[str, float, float]] = []
+        for rows in results:
+            for name, (hlon, hlat) in rows:
+                hits.append((name.decode() if isinstance(name, bytes) else name, hlat, hlon))
+        if not hits:
+            return []
+        regs = await self.redis.mget([registry_key(uid) for uid, _, _ in hits])
+        out = []
+        for (uid, hlat, hlon), raw in zip(hits, regs, strict=True):
+            if raw is None:
+                continue  # in the index but its registry entry is gone: not dispatchable
+            reg = orjson.loads(raw)
+            out.append(Candidate(unit_id=uid, kind=reg["kind"], lat=hlat, lon=hlon, responders=reg["responders"],
+                                 equipment=frozenset(reg["equipment"]), district=reg["district"], grid=reg["grid"],
+                                 venue_id=reg["venue"]["id"]))
+        return out
+
+    async def live(self, unit_id: str) -> dict[str, str]:
+        """A unit's live hash, decoded (empty when unknown)."""
+        raw: dict[bytes, bytes] = await self.redis.hgetall(live_key(unit_id))  # type: ignore[misc,assignment]
+        return {k.decode(): v.decode() for k, v in raw.items()}
