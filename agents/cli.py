@@ -166,6 +166,61 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- units / city -----------------------------------------------------------------------------
+def cmd_units_load(args: argparse.Namespace) -> int:
+    """Publish a registry file (CSV or JSON lines) to the registry topic, validated first."""
+    from kaifong.schemas.validation import InvalidEvent, validate
+    from kaifong.streams.city import read_registry
+    from kaifong.streams.publisher import Publisher
+
+    settings = _settings()
+    try:
+        units = read_registry(Path(args.file))
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    bad = 0
+    for i, unit in enumerate(units):
+        try:
+            validate("unit-registered", dict(unit))
+        except InvalidEvent as exc:
+            bad += 1
+            if bad <= 20:
+                print(f"error: line {i + 1} ({unit.get('unit_id', '?')}): {exc}", file=sys.stderr)
+    if bad:
+        print(f"error: {bad} of {len(units)} units are invalid; nothing was published", file=sys.stderr)
+        return 1
+    publisher = Publisher(settings, linger_ms=50, batch_size=512 * 1024)
+    started = time.monotonic()
+    try:
+        futures = [publisher.publish("unit-registered", dict(u), wait=False) for u in units]
+        publisher.flush()
+        for f in futures:
+            f.get(timeout=30)
+    finally:
+        publisher.close()
+    print(f"published {len(units)} units to {settings.topic_prefix}units.registry.v1 "
+          f"in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def cmd_city_generate(args: argparse.Namespace) -> int:
+    """Write a seeded Guangzhou-like registry (and optionally its district outlines)."""
+    from kaifong.streams.city import generate, write_geo, write_registry
+
+    started = time.monotonic()
+    city = generate(seed=args.seed, units=args.units)
+    out = Path(args.out)
+    fmt = "csv" if out.suffix == ".csv" else "jsonl"
+    n = write_registry(city, out, fmt)
+    if args.geo:
+        write_geo(city, Path(args.geo))
+    summary = city.summary()
+    print(f"wrote {n} units ({fmt}) to {out} in {time.monotonic() - started:.1f}s: "
+          + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict)))
+    return 0
+
+
 # -- tail -------------------------------------------------------------------------------------
 def _summary(value: bytes | None) -> str:
     if value is None:
@@ -292,18 +347,33 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("topics", help="each topic with partitions and end offsets")
     tp.add_argument("--create", action="store_true", help="create missing topics first")
     sub.add_parser("config", help="print every setting with its value and meaning")
+    units = sub.add_parser("units", help="the unit registry").add_subparsers(dest="units_command", required=True)
+    ul = units.add_parser("load", help="publish a registry file (CSV or JSON lines) to units.registry.v1")
+    ul.add_argument("file")
+    city = sub.add_parser("city", help="the synthetic city").add_subparsers(dest="city_command", required=True)
+    cg = city.add_parser("generate", help="write a seeded Guangzhou-like unit registry")
+    cg.add_argument("--seed", type=int, default=7)
+    cg.add_argument("--units", type=int, default=23000)
+    cg.add_argument("--out", default="city.jsonl", help="output file (.csv for CSV, else JSON lines)")
+    cg.add_argument("--geo", default="", help="also write district outlines (JSON) for maps")
     return parser
 
 
 COMMANDS = {"up": cmd_up, "worker": cmd_worker, "publish": cmd_publish, "tail": cmd_tail,
-            "topics": cmd_topics, "config": cmd_config}
+            "topics": cmd_topics, "config": cmd_config, "units-load": cmd_units_load,
+            "city-generate": cmd_city_generate}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kaifong`` command."""
     args = build_parser().parse_args(argv)
+    command = args.command
+    if command == "units":
+        command = f"units-{args.units_command}"
+    elif command == "city":
+        command = f"city-{args.city_command}"
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[command](args)
     except ValueError as exc:  # bad settings
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ incident, so a replay republishes the same assignments instead of deciding anew.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +23,6 @@ from kaifong.agents import matching
 from kaifong.agents.matching import Candidate, IncidentView, Needs, RingDecision
 from kaifong.agents.unitstore import UnitStore
 from kaifong.streams import metrics
-from kaifong.streams.codec import Headers
 from kaifong.streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,19 +87,16 @@ class Dispatcher:
 
     settings: Settings
     store: UnitStore
-    send: Callable[[str, bytes | None, bytes, Headers], Awaitable[None]]
     clock: Callable[[], datetime]
     run_cards: dict[str, dict[int, Needs]] = field(default_factory=lambda: dict(matching.RUN_CARDS))
 
     @classmethod
-    def from_settings(cls, settings: Settings, store: UnitStore,
-                      send: Callable[[str, bytes | None, bytes, Headers], Awaitable[None]],
-                      clock: Callable[[], datetime]) -> Dispatcher:
+    def from_settings(cls, settings: Settings, store: UnitStore, clock: Callable[[], datetime]) -> Dispatcher:
         """Build with the run cards named by the settings (or the built-in ones)."""
         cards = dict(matching.RUN_CARDS)
         if settings.run_cards_file:
             cards = matching.load_run_cards(orjson.loads(Path(settings.run_cards_file).read_bytes()))
-        return cls(settings, store, send, clock, cards)
+        return cls(settings, store, clock, cards)
 
     @property
     def topic(self) -> str:

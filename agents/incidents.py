@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,6 +25,9 @@ from kaifong.streams.codec import Headers, cloudevent_headers
 from kaifong.streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: (topic, key, value, headers) of one record to produce.
+Record = tuple[str, bytes | None, bytes, Headers]
 
 #: Applied update ids remembered per incident (idempotency beyond the dedupe window).
 APPLIED_KEEP = 500
@@ -46,7 +49,7 @@ class Incidents:
 
     settings: Settings
     redis: aioredis.Redis
-    send: Callable[[str, bytes | None, bytes, Headers], Any]
+    send_all: Callable[[list[Record]], Awaitable[None]]
     clock: Callable[[], datetime]
     store: UnitStore
     dispatcher: Dispatcher
@@ -61,13 +64,15 @@ class Incidents:
         raw = await self.redis.get(incident_key(incident_id))
         return None if raw is None else orjson.loads(raw)
 
+    def state_record(self, state: dict[str, Any]) -> Record:
+        """The state as a record for the compacted state topic (id: incident and version)."""
+        headers = cloudevent_headers(f"{state['incident_id']}:v{state['version']}", "incident-state",
+                                     self.clock(), subject=state["incident_id"])
+        return (self.state_topic, state["incident_id"].encode(), orjson.dumps(state), headers)
+
     async def publish(self, state: dict[str, Any]) -> None:
         """Send the whole current picture to the compacted state topic."""
-        now = self.clock()
-        headers = cloudevent_headers(f"{state['incident_id']}:v{state['version']}", "incident-state", now,
-                                     subject=state["incident_id"])
-        await self.send(self.state_topic, state["incident_id"].encode(), orjson.dumps(state), headers)
-        metrics.EVENTS_OUT.labels(self.state_topic).inc()
+        await self.send_all([self.state_record(state)])
 
     async def save(self, doc: dict[str, Any]) -> None:
         """Write an incident's document back."""
@@ -92,7 +97,8 @@ class Incidents:
             if not await self.redis.set(incident_key(incident_id), orjson.dumps(doc), nx=True):
                 doc = await self.load(incident_id)
                 assert doc is not None
-        if doc.get("assignments") is None:
+        fresh = doc.get("assignments") is None
+        if fresh:
             held = await self.store.held_by(incident_id)
             if held:
                 await self.store.release(incident_id, held)
@@ -103,34 +109,38 @@ class Incidents:
             bodies = [assignment_body(incident_id, d, 0, now, view.exercise) for d in decisions]
             doc = {**doc, "assignments": bodies, "state": clock.with_assignments(doc["state"], bodies, now)}
             await self.save(doc)
-        await self.republish_assignments(doc)
-        metrics.DECISION.observe(time.perf_counter() - started)
-        await self.publish(doc["state"])
+        # Assignments and the new state go out together and are awaited together: one linger,
+        # one round trip (same key, same partition: their order is kept).
+        await self.send_all([*self.assignment_records(doc), self.state_record(doc["state"])])
+        if fresh:
+            self.count_decision(doc, started)
         early = await self.redis.lrange(early_key(incident_id), 0, -1)
         for raw in early:
             await self.on_update(orjson.loads(raw))
         if early:
             await self.redis.delete(early_key(incident_id))
 
-    async def republish_assignments(self, doc: dict[str, Any]) -> None:
-        """Send the stored assignment bodies (first time, or again after a replay: same ids)."""
-        state = doc["state"]
+    def assignment_records(self, doc: dict[str, Any]) -> list[Record]:
+        """The stored assignments as records to send (the same ids on every replay)."""
+        out = []
         for body in doc["assignments"] or []:
             decided = clock.parse_time(body["decided_at"])
             headers = cloudevent_headers(body["assignment_id"], "assignment", decided, subject=body["incident_id"])
-            await self.send(self.dispatcher.topic, body["incident_id"].encode(), orjson.dumps(body), headers)
-            metrics.EVENTS_OUT.labels(self.dispatcher.topic).inc()
-            if body["attempt"] == 0 and not doc.get("assignments_counted"):
-                ring = str(body["ring"])
-                outcome = ("no_candidate" if not body["units"] else "shortfall" if body.get("shortfall")
-                           else "beyond_target" if body["reason"] == "beyond_target" else "ok")
-                metrics.ASSIGNMENTS.labels(ring, outcome, "true" if state["exercise"] else "false").inc()
-        if doc["assignments"] and not doc.get("assignments_counted"):
-            doc["assignments_counted"] = True
-            await self.save(doc)
-            age = time.time() - clock.parse_time(state["reported_at"]).timestamp()
-            if age >= 0:
-                metrics.REPORTED_TO_ASSIGNMENT.labels("true" if state["exercise"] else "false").observe(age)
+            out.append((self.dispatcher.topic, body["incident_id"].encode(), orjson.dumps(body), headers))
+        return out
+
+    def count_decision(self, doc: dict[str, Any], started: float) -> None:
+        """Metrics of a fresh decision (never of a replay)."""
+        state = doc["state"]
+        exercise = "true" if state["exercise"] else "false"
+        for body in doc["assignments"] or []:
+            outcome = ("no_candidate" if not body["units"] else "shortfall" if body.get("shortfall")
+                       else "beyond_target" if body["reason"] == "beyond_target" else "ok")
+            metrics.ASSIGNMENTS.labels(str(body["ring"]), outcome, exercise).inc()
+        metrics.DECISION.observe(time.perf_counter() - started)
+        age = time.time() - clock.parse_time(state["reported_at"]).timestamp()
+        if age >= 0:
+            metrics.REPORTED_TO_ASSIGNMENT.labels(exercise).observe(age)
 
     async def on_update(self, update: dict[str, Any]) -> None:
         """Apply a milestone; park it if its report has not arrived yet."""

@@ -51,8 +51,8 @@ class Worker:
         self.redis = connect(settings)
         self.pipeline = Pipeline(settings, self.redis, self.send, _now)
         self.store = UnitStore(self.redis, settings.unit_stale_after_s)
-        self.dispatcher = Dispatcher.from_settings(settings, self.store, self.send, _now)
-        self.incidents = Incidents(settings, self.redis, self.send, _now, self.store, self.dispatcher)
+        self.dispatcher = Dispatcher.from_settings(settings, self.store, _now)
+        self.incidents = Incidents(settings, self.redis, self.send_all, _now, self.store, self.dispatcher)
         self.drills = Drills(self.redis)
         self.units = UnitsIntake(settings, self.redis, self.store, _now)
         self._faust_assigned = asyncio.Event()
@@ -118,8 +118,15 @@ class Worker:
 
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
         """Produce one record and wait until the broker has it (acks per settings)."""
-        fut = await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
-        await fut
+        await self.send_all([(topic, key, value, headers)])
+
+    async def send_all(self, records: list[tuple[str, bytes | None, bytes, Headers]]) -> None:
+        """Produce records in order, then wait for all acknowledgements at once."""
+        futures = [await self.app.producer.send(t, k, v, partition=None, timestamp=None, headers=h)
+                   for t, k, v, h in records]
+        await asyncio.gather(*futures)
+        for t, _, _, _ in records:
+            metrics.EVENTS_OUT.labels(t).inc()
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> None:
