@@ -4,6 +4,7 @@ worker processes started against them. An integration test that cannot reach its
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import signal
@@ -124,6 +125,8 @@ def start_worker(tmp_path: Path) -> Iterator[object]:
     procs: list[WorkerProc] = []
 
     def start(settings: Settings, wait: bool = True, name: str = "worker") -> WorkerProc:
+        # Every worker process gets its own web port (several may share the other settings).
+        settings = dataclasses.replace(settings, web_port=free_port())
         wait_for_broker(settings, timeout=10)
         ensure_topics(settings)
         env = settings_env(settings)
