@@ -7,12 +7,17 @@ Label sets are initialised at start (:func:`init_labels`) so dashboards have no 
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 from kaifong.streams.settings import Settings
 from kaifong.streams.topics import CATALOGUE, INPUTS
 
-# Processing is milliseconds; response is seconds to tens of minutes.
+# `_created` series double the exposition for nothing a dashboard uses.
+disable_created_metrics()
+
+# Processing is milliseconds; response is seconds to tens of minutes, with bucket edges at the
+# default ring targets (60/180/300/600/1200 s) so SLA compliance is exact from the histogram.
+_RESPONSE_BUCKETS = (10, 30, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 1800, 3600)
 _PROC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _E2E_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -43,8 +48,55 @@ REPORTED_TO_ASSIGNMENT = Histogram("kaifong_reported_to_assignment_seconds", "In
                                    "time) to its assignments acknowledged by the broker.", ["exercise"],
                                    buckets=_E2E_BUCKETS)
 DECISION = Histogram("kaifong_decision_seconds", "Inside the worker: incident received to its assignments "
-                     "acknowledged by the broker.", buckets=_PROC_BUCKETS)
+                     "acknowledged by the broker.",
+                     buckets=(0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.01, 0.0125, 0.015,
+                              0.02, 0.025, 0.05, 0.1, 0.25, 1.0))
 UNITS_STALE = Counter("kaifong_units_stale_total", "Units marked unavailable because their heartbeats stopped.")
+# -- ring clocks and escalations (event time) ---------------------------------------------------
+RESPONSE = Histogram("kaifong_response_seconds", "Reported → first unit of the ring on scene, per ring and "
+                     "district (event time). Exercise incidents only in exercise=\"true\" series.",
+                     ["ring", "district", "exercise"], buckets=_RESPONSE_BUCKETS)
+RING_OUTCOMES = Counter("kaifong_ring_outcomes_total", "Rings closed, by outcome: met (a unit of the ring on "
+                        "scene by its deadline) or breached (deadline passed unmet).",
+                        ["ring", "district", "outcome", "exercise"])
+ESCALATIONS = Counter("kaifong_escalations_total", "Escalations raised (re-notifications not included), by "
+                      "command level and reason.", ["level", "reason", "exercise"])
+RENOTIFICATIONS = Counter("kaifong_escalation_renotifications_total", "Re-notifications of unacknowledged "
+                          "escalations.", ["level"])
+ESCALATION_LATENESS = Histogram("kaifong_escalation_lateness_seconds", "raised_at − deadline_at of deadline "
+                                "escalations: how late the clock fired.",
+                                buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+ESCALATION_ACK = Histogram("kaifong_escalation_ack_seconds", "Escalation raised → acknowledged.", ["level"],
+                           buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600))
+ESCALATIONS_OPEN = Gauge("kaifong_escalations_unacknowledged", "Escalations raised and not yet acknowledged "
+                         "(real incidents only).", ["level"])
+INCIDENTS_OPEN = Gauge("kaifong_incidents_open", "Open incidents owned by this worker.", ["exercise"])
+CLOCKS_PENDING = Gauge("kaifong_clock_deadlines_pending", "Ring deadlines waiting to fire (this worker's "
+                       "partitions).")
+
+# -- drills -------------------------------------------------------------------------------------------
+DRILLS = Counter("kaifong_drills_total", "Pull-test results by outcome and district.", ["outcome", "district"])
+DRILLS_ISSUED = Counter("kaifong_drills_issued_total", "Pull tests issued, by reason (scheduled, manual).",
+                        ["reason"])
+DRILL_RESPONSE = Histogram("kaifong_drill_response_seconds", "Drill issued → unit acknowledged / mustered.",
+                           ["stage"], buckets=(5, 15, 30, 45, 60, 90, 120, 180, 240, 300, 600))
+UNITS_NEVER_DRILLED = Gauge("kaifong_units_never_drilled", "Units not drilled within the coverage window.")
+
+# -- units, broker, HTTP --------------------------------------------------------------------------------
+UNITS_AVAILABLE = Gauge("kaifong_units_available", "Dispatchable units (available, fresh, not reserved).",
+                        ["district", "kind"])
+CONSUMER_LAG = Gauge("kaifong_consumer_lag", "Messages behind the end of each input partition this worker owns.",
+                     ["topic", "partition"])
+BROKER_TAIL_FETCH = Gauge("kaifong_broker_tail_fetch_seconds", "Watchdog: time to fetch the newest record "
+                          "of a partition (the embedded broker degrades with record batches per partition).",
+                          ["topic", "partition"])
+BROKER_BATCHES = Gauge("kaifong_broker_partition_batches", "Watchdog: record batches written to a partition "
+                       "since the broker started (the embedded broker stops answering near 40,000).",
+                       ["topic", "partition"])
+HTTP_REQUESTS = Counter("kaifong_http_requests_total", "HTTP requests by route and status code.",
+                        ["route", "code"])
+HTTP_UNAUTHORIZED = Counter("kaifong_http_unauthorized_total", "HTTP requests refused for a missing or "
+                            "wrong bearer token.", ["route"])
 INTERNAL_ERRORS = Counter("kaifong_internal_errors_total", "Unexpected handler errors (the event is "
                           "dead-lettered with stage and class; the worker goes on).", ["agent"])
 
@@ -68,3 +120,32 @@ def init_labels(settings: Settings) -> None:
                 ASSIGNMENTS.labels(str(ring.number), outcome, exercise)
     for exercise in ("false", "true"):
         REPORTED_TO_ASSIGNMENT.labels(exercise)
+        INCIDENTS_OPEN.labels(exercise)
+    districts = settings.district_labels()
+    for ring in settings.ring_table():
+        for district in districts:
+            for exercise in ("false", "true"):
+                RESPONSE.labels(str(ring.number), district, exercise)
+                for outcome in ("met", "breached"):
+                    RING_OUTCOMES.labels(str(ring.number), district, outcome, exercise)
+    for level in ("grid", "street", "district", "city"):
+        ESCALATIONS_OPEN.labels(level)
+        ESCALATION_ACK.labels(level)
+        RENOTIFICATIONS.labels(level)
+        for reason in ("ring_deadline_missed", "no_candidate", "unit_declined", "severity"):
+            for exercise in ("false", "true"):
+                ESCALATIONS.labels(level, reason, exercise)
+    for district in districts:
+        for outcome in ("pass", "late", "fail", "no_answer", "aborted"):
+            DRILLS.labels(outcome, district)
+        for kind in ("post", "unit", "grid_team", "street_force", "professional"):
+            UNITS_AVAILABLE.labels(district, kind)
+    for stage in ("acknowledged", "mustered"):
+        DRILL_RESPONSE.labels(stage)
+    for reason in ("scheduled", "manual"):
+        DRILLS_ISSUED.labels(reason)
+
+
+def district_label(settings: Settings, district: str | None) -> str:
+    """A district as a bounded label value: a configured district, else ``other``."""
+    return district if district and district in settings.district_labels() else "other"

@@ -94,7 +94,7 @@ class Settings:
                                   "Longest a fetch waits for data. Faust hard-codes 1500 ms and "
                                   "some brokers hold a fetch for the whole wait: every hop would "
                                   "cost ~1.2 s.")
-    producer_linger_ms: int = _opt("KAIFONG_PRODUCER_LINGER_MS", 2,
+    producer_linger_ms: int = _opt("KAIFONG_PRODUCER_LINGER_MS", 0,
                                    "Linger of the worker's producer on the incident flow (low volume: "
                                    "latency first; the firehose's dead letters use 20 ms).")
     producer_acks: str = _opt("KAIFONG_PRODUCER_ACKS", "all", "Producer acks: all, 1 or 0.")
@@ -109,6 +109,17 @@ class Settings:
     readiness_weight: float = _opt("KAIFONG_READINESS_WEIGHT", 0.0,
                                    "How much a unit's drill readiness (0..1) weighs in ranking, in "
                                    "minutes of ETA per unit of readiness (0 = off).")
+    districts: str = _opt("KAIFONG_DISTRICTS",
+                          "越秀区,荔湾区,海珠区,天河区,白云区,黄埔区,番禺区,花都区,南沙区,从化区,增城区",
+                          "The city's districts (comma-separated): the only values a `district` "
+                          "metric label takes (anything else is counted as `other`).")
+    escalation_renotify_s: float = _opt("KAIFONG_ESCALATION_RENOTIFY_S", 60.0,
+                                        "Re-notify an unacknowledged escalation this often.")
+    early_update_hold_s: float = _opt("KAIFONG_EARLY_UPDATE_HOLD_S", 30.0,
+                                      "How long an update that arrives before its incident's report "
+                                      "is held before it is dead-lettered.")
+    clock_tick_s: float = _opt("KAIFONG_CLOCK_TICK_S", 0.1,
+                               "How often each worker fires the ring deadlines that are due.")
     log_level: str = _opt("KAIFONG_LOG_LEVEL", "info", "Log level: debug, info, warning, error.")
     api_token: str = _opt("KAIFONG_API_TOKEN", "",
                           "Bearer token for HTTP writes (and for everything when the web port "
@@ -152,6 +163,10 @@ class Settings:
         if out["api_token"]:
             out["api_token"] = "***"  # noqa: S105 - the mask, not a secret
         return out
+
+    def district_labels(self) -> tuple[str, ...]:
+        """The bounded set of district label values (configured districts plus ``other``)."""
+        return (*[d.strip() for d in self.districts.split(",") if d.strip()], "other")
 
     def to_env(self) -> dict[str, str]:
         """The ``KAIFONG_*`` variables that rebuild these settings in another process."""
