@@ -1,17 +1,28 @@
-"""kaifong.agents.incidents — the incident flow: reports and updates → Redis → the state topic.
+"""kaifong.agents.incidents — the incident flow: report → dispatch → ring clocks → escalations.
 
-Layer: agents. Thin: read the stored state, call the pure functions in ``clock``, write,
-send. Durable state lives in Redis (DESIGN.md §7) so a worker taking over a partition needs
-no changelog replay. Handlers are idempotent: a replayed event republishes the same state.
+Layer: agents. Thin: read the stored incident document, call the pure functions in
+``clock``/``dispatch``, write, send, count. Durable state lives in Redis (DESIGN.md §7):
+
+- the incident document (``kf:inc:{id}``) holds the state, the decisions, the escalations and
+  an **outbox** — the records a change must publish. The change and its outbox are written in
+  one SET; the records are then sent and the outbox cleared. A crash in between re-sends the
+  outbox on the next touch of the incident, so a fact is never lost nor decided twice;
+- ring deadlines, re-notifications and early-update expiries are timers in Redis
+  (:mod:`kaifong.agents.ringclock`), fired by whichever worker owns the partition.
+
+Events of one incident are serialised in-process by a lock per incident; across processes the
+partition owner is the only writer (updates and reports are co-partitioned by incident_id).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -19,9 +30,11 @@ import redis.asyncio as aioredis
 
 from kaifong.agents import clock
 from kaifong.agents.dispatch import Dispatcher, assignment_body, view_of
+from kaifong.agents.intake import Refused, current_message
+from kaifong.agents.ringclock import RingClock, member, parse_member
 from kaifong.agents.unitstore import UnitStore
 from kaifong.streams import metrics
-from kaifong.streams.codec import Headers, cloudevent_headers
+from kaifong.streams.codec import Headers, cloudevent_headers, dead_letter
 from kaifong.streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,9 +56,24 @@ def early_key(incident_id: str) -> str:
     return f"kf:early:{incident_id}"
 
 
+def _ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def _pack(records: list[Record]) -> list[dict[str, Any]]:
+    """Records as JSON-able outbox entries."""
+    return [{"t": t, "k": None if k is None else k.decode(), "v": v.decode(),
+             "h": [[hk, hv.decode()] for hk, hv in h]} for t, k, v, h in records]
+
+
+def _unpack(entries: list[dict[str, Any]]) -> list[Record]:
+    return [(e["t"], None if e["k"] is None else e["k"].encode(), e["v"].encode(),
+             [(hk, hv.encode()) for hk, hv in e["h"]]) for e in entries]
+
+
 @dataclass
 class Incidents:
-    """Handlers for ``incidents.reported.v1`` and ``incidents.updates.v1``."""
+    """Handlers for reports, updates and timers of incidents."""
 
     settings: Settings
     redis: aioredis.Redis
@@ -53,110 +81,355 @@ class Incidents:
     clock: Callable[[], datetime]
     store: UnitStore
     dispatcher: Dispatcher
+    timers: RingClock
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
+    # -- plumbing ----------------------------------------------------------------------------
     @property
     def state_topic(self) -> str:
         """Full name of the incident state topic."""
         return self.settings.topic_prefix + "incidents.state.v1"
 
+    @property
+    def escalation_topic(self) -> str:
+        """Full name of the escalations topic."""
+        return self.settings.topic_prefix + "incidents.escalations.v1"
+
+    def lock(self, incident_id: str) -> asyncio.Lock:
+        """The in-process lock of one incident (dropped when nobody holds or waits for it)."""
+        lk = self._locks.get(incident_id)
+        if lk is None:
+            lk = self._locks[incident_id] = asyncio.Lock()
+        return lk
+
+    def _unlock(self, incident_id: str) -> None:
+        lk = self._locks.get(incident_id)
+        if lk is not None and not lk.locked() and not getattr(lk, "_waiters", None):
+            self._locks.pop(incident_id, None)
+
     async def load(self, incident_id: str) -> dict[str, Any] | None:
-        """The stored document ``{"state": …, "applied": […]}`` or None."""
+        """The stored document or None."""
         raw = await self.redis.get(incident_key(incident_id))
         return None if raw is None else orjson.loads(raw)
-
-    def state_record(self, state: dict[str, Any]) -> Record:
-        """The state as a record for the compacted state topic (id: incident and version)."""
-        headers = cloudevent_headers(f"{state['incident_id']}:v{state['version']}", "incident-state",
-                                     self.clock(), subject=state["incident_id"])
-        return (self.state_topic, state["incident_id"].encode(), orjson.dumps(state), headers)
-
-    async def publish(self, state: dict[str, Any]) -> None:
-        """Send the whole current picture to the compacted state topic."""
-        await self.send_all([self.state_record(state)])
 
     async def save(self, doc: dict[str, Any]) -> None:
         """Write an incident's document back."""
         await self.redis.set(incident_key(doc["state"]["incident_id"]), orjson.dumps(doc))
 
-    async def on_reported(self, report: dict[str, Any]) -> None:
-        """Open the incident (once), dispatch rings 1–3 (1–5 for severity 1–2), publish.
+    def state_record(self, state: dict[str, Any]) -> Record:
+        """The state for the compacted state topic (CloudEvents id: incident and version)."""
+        headers = cloudevent_headers(f"{state['incident_id']}:v{state['version']}", "incident-state",
+                                     self.clock(), subject=state["incident_id"])
+        return (self.state_topic, state["incident_id"].encode(), orjson.dumps(state), headers)
 
-        Replay-safe: a stored decision is republished under the same ids; a decision that was
-        interrupted after reserving but before it was stored is released and made again.
-        """
-        started = time.perf_counter()
+    def assignment_record(self, body: dict[str, Any]) -> Record:
+        """One assignment for the assignments topic."""
+        headers = cloudevent_headers(body["assignment_id"], "assignment", clock.parse_time(body["decided_at"]),
+                                     subject=body["incident_id"])
+        return (self.dispatcher.topic, body["incident_id"].encode(), orjson.dumps(body), headers)
+
+    def escalation_record(self, body: dict[str, Any]) -> Record:
+        """One escalation (or re-notification). Exercise escalations carry their own CloudEvents
+        type so that no router that pages real escalation targets ever matches them."""
+        kind = "escalation.exercise" if body["exercise"] else "escalation"
+        headers = cloudevent_headers(f"{body['escalation_id']}:n{body['notification']}", kind,
+                                     clock.parse_time(body["raised_at"]), subject=body["incident_id"])
+        return (self.escalation_topic, body["incident_id"].encode(), orjson.dumps(body), headers)
+
+    async def commit(self, doc: dict[str, Any], records: list[Record]) -> dict[str, Any]:
+        """Store the change with its outbox, send the outbox, clear it (the outbox pattern)."""
+        doc = {**doc, "outbox": _pack(records)}
+        await self.save(doc)
+        if records:
+            await self.send_all(records)
+            doc = {**doc, "outbox": []}
+            await self.save(doc)
+        return doc
+
+    async def flush_outbox(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Re-send what an interrupted change left in the outbox."""
+        if doc.get("outbox"):
+            await self.send_all(_unpack(doc["outbox"]))
+            doc = {**doc, "outbox": []}
+            await self.save(doc)
+        return doc
+
+    def _partition(self, doc: dict[str, Any] | None = None) -> int:
+        msg = current_message.get(None)
+        if msg is not None:
+            return int(msg.partition)
+        return int(doc["partition"]) if doc else 0
+
+    def _exercise(self, state: dict[str, Any]) -> str:
+        return "true" if state["exercise"] else "false"
+
+    def _district(self, state: dict[str, Any]) -> str:
+        return metrics.district_label(self.settings, state.get("district"))
+
+    # -- reports -----------------------------------------------------------------------------
+    async def on_reported(self, report: dict[str, Any]) -> None:
+        """Open the incident once, dispatch its first rings, start its clocks, publish."""
+        started = current_message.get(None)
+        t0 = getattr(started, "received", None) or time.perf_counter()
+        incident_id = report["incident_id"]
+        async with self.lock(incident_id):
+            fresh = await self._on_reported(report)
+        self._unlock(incident_id)
+        if fresh is not None:
+            metrics.DECISION.observe(time.perf_counter() - t0)
+            age = time.time() - clock.parse_time(fresh["state"]["reported_at"]).timestamp()
+            if age >= 0:
+                metrics.REPORTED_TO_ASSIGNMENT.labels(self._exercise(fresh["state"])).observe(age)
+        await self.apply_early(incident_id)
+
+    async def _on_reported(self, report: dict[str, Any]) -> dict[str, Any] | None:
         incident_id = report["incident_id"]
         doc = await self.load(incident_id)
+        if doc is not None:
+            await self.flush_outbox(doc)  # replay: finish what was interrupted, decide nothing new
+            if doc.get("assignments") is not None:
+                return None
+        now = self.clock()
         if doc is None:
-            state = clock.open_incident(report, self.settings.ring_table(), self.clock())
+            state = clock.open_incident(report, self.settings.ring_table(), now)
             # The caller's contact stays upstream: kaifong keeps no personal data it does not need.
             kept = {k: v for k, v in report.items() if k != "caller"}
-            doc = {"state": state, "applied": [], "report": kept, "assignments": None}
+            doc = {"state": state, "applied": [], "report": kept, "assignments": None, "escalations": {},
+                   "partition": self._partition(), "outbox": []}
             # SET NX: the first report wins; a second report of the same incident under another
             # event_id (two callers) does not open it twice.
             if not await self.redis.set(incident_key(incident_id), orjson.dumps(doc), nx=True):
-                doc = await self.load(incident_id)
-                assert doc is not None
-        fresh = doc.get("assignments") is None
-        if fresh:
-            held = await self.store.held_by(incident_id)
-            if held:
-                await self.store.release(incident_id, held)
-            view = view_of(doc["report"])
-            rings = clock.initial_rings(view.severity, [r.number for r in self.settings.ring_table()])
-            decisions = await self.dispatcher.decide(view, rings)
-            now = self.clock()
-            bodies = [assignment_body(incident_id, d, 0, now, view.exercise) for d in decisions]
-            doc = {**doc, "assignments": bodies, "state": clock.with_assignments(doc["state"], bodies, now)}
-            await self.save(doc)
-        # Assignments and the new state go out together and are awaited together: one linger,
-        # one round trip (same key, same partition: their order is kept).
-        await self.send_all([*self.assignment_records(doc), self.state_record(doc["state"])])
-        if fresh:
-            self.count_decision(doc, started)
-        early = await self.redis.lrange(early_key(incident_id), 0, -1)
-        for raw in early:
-            await self.on_update(orjson.loads(raw))
-        if early:
-            await self.redis.delete(early_key(incident_id))
+                return None
+            await self.redis.sadd(self._open_key(state["exercise"]), incident_id)
+        held = await self.store.held_by(incident_id)
+        if held:  # reserved by a decision that was interrupted before it was stored
+            await self.store.release(incident_id, held)
+        view = view_of(doc["report"])
+        rings = clock.initial_rings(view.severity, [r.number for r in self.settings.ring_table()])
+        decisions = await self.dispatcher.decide(view, rings)
+        now = self.clock()
+        bodies = [assignment_body(incident_id, d, 0, now, view.exercise) for d in decisions]
+        state = clock.with_assignments(doc["state"], bodies, now)
+        escalations: list[dict[str, Any]] = []
+        if view.severity == 1:
+            state, body = clock.escalate(state, 1, "severity", now)
+            escalations.append(body)
+        for d in decisions:
+            if not d.units and d.reason != "needs_met":
+                state, body = clock.escalate(state, d.ring, "no_candidate", now)
+                escalations.append(body)
+        doc = {**doc, "state": state, "assignments": bodies,
+               "escalations": {**doc["escalations"], **{e["escalation_id"]: self._esc_entry(e) for e in escalations}}}
+        timers = [(member("d", incident_id, str(r["ring"])), _ms(clock.parse_time(r["deadline_at"])))
+                  for r in state["rings"] if r["state"] == "pending"]
+        timers += [(member("n", incident_id, e["escalation_id"]), _ms(now) + self._renotify_ms())
+                   for e in escalations]
+        await self.timers.schedule(doc["partition"], timers)
+        for e in escalations:
+            if not e["exercise"]:
+                await self.redis.hset(self._esc_open_key(), e["escalation_id"], e["level"])
+        records = ([self.assignment_record(b) for b in bodies] + [self.escalation_record(e) for e in escalations]
+                   + [self.state_record(state)])
+        doc = await self.commit(doc, records)
+        self._count_decision(doc, escalations)
+        return doc
 
-    def assignment_records(self, doc: dict[str, Any]) -> list[Record]:
-        """The stored assignments as records to send (the same ids on every replay)."""
-        out = []
-        for body in doc["assignments"] or []:
-            decided = clock.parse_time(body["decided_at"])
-            headers = cloudevent_headers(body["assignment_id"], "assignment", decided, subject=body["incident_id"])
-            out.append((self.dispatcher.topic, body["incident_id"].encode(), orjson.dumps(body), headers))
-        return out
+    def _renotify_ms(self) -> int:
+        return int(self.settings.escalation_renotify_s * 1000)
 
-    def count_decision(self, doc: dict[str, Any], started: float) -> None:
-        """Metrics of a fresh decision (never of a replay)."""
+    def _open_key(self, exercise: bool) -> str:
+        return f"kf:inc:open:{self.settings.topic_prefix}{'exercise' if exercise else 'real'}"
+
+    def _esc_open_key(self) -> str:
+        return f"kf:esc:open:{self.settings.topic_prefix}"
+
+    @staticmethod
+    def _esc_entry(body: dict[str, Any]) -> dict[str, Any]:
+        return {"body": body, "acked_at": None, "acked_by": None, "notifications": 0}
+
+    def _count_decision(self, doc: dict[str, Any], escalations: list[dict[str, Any]]) -> None:
         state = doc["state"]
-        exercise = "true" if state["exercise"] else "false"
+        exercise = self._exercise(state)
         for body in doc["assignments"] or []:
             outcome = ("no_candidate" if not body["units"] else "shortfall" if body.get("shortfall")
                        else "beyond_target" if body["reason"] == "beyond_target" else "ok")
             metrics.ASSIGNMENTS.labels(str(body["ring"]), outcome, exercise).inc()
-        metrics.DECISION.observe(time.perf_counter() - started)
-        age = time.time() - clock.parse_time(state["reported_at"]).timestamp()
-        if age >= 0:
-            metrics.REPORTED_TO_ASSIGNMENT.labels(exercise).observe(age)
+        for e in escalations:
+            self._count_escalation(e)
 
+    def _count_escalation(self, body: dict[str, Any]) -> None:
+        metrics.ESCALATIONS.labels(body["level"], body["reason"], "true" if body["exercise"] else "false").inc()
+        if body["reason"] == "ring_deadline_missed" and not body["exercise"]:
+            metrics.ESCALATION_LATENESS.observe(max(0.0, body["breached_by_s"]))
+
+    # -- updates -----------------------------------------------------------------------------
     async def on_update(self, update: dict[str, Any]) -> None:
-        """Apply a milestone; park it if its report has not arrived yet."""
+        """Apply a milestone or an escalation acknowledgement; park it if the report is late."""
+        incident_id = update["incident_id"]
+        async with self.lock(incident_id):
+            await self._on_update(update)
+        self._unlock(incident_id)
+
+    async def _on_update(self, update: dict[str, Any], parked: bool = False) -> None:
         incident_id = update["incident_id"]
         doc = await self.load(incident_id)
         if doc is None:
-            await self.redis.rpush(early_key(incident_id), orjson.dumps(update))
-            await self.redis.expire(early_key(incident_id), 24 * 3600)
+            if parked:
+                return
+            await self.park(update)
             return
+        doc = await self.flush_outbox(doc)
         if update["event_id"] in doc["applied"]:
-            await self.publish(doc["state"])  # replay: same state, same id
+            return  # replay of an update already applied
+        now = self.clock()
+        if update["kind"] == "escalation_acknowledged":
+            await self._acknowledge(doc, update, now)
             return
-        state = clock.apply_update(doc["state"], update, self.clock())
+        state, changes = clock.apply_update(doc["state"], update, now)
         doc = {**doc, "state": state, "applied": [*doc["applied"], update["event_id"]][-APPLIED_KEEP:]}
-        await self.save(doc)
+        exercise, district = self._exercise(state), self._district(state)
+        for ch in changes:
+            if ch.seconds is not None:
+                metrics.RESPONSE.labels(str(ch.ring), district, exercise).observe(ch.seconds)
+            if ch.outcome in ("met", "breached"):
+                metrics.RING_OUTCOMES.labels(str(ch.ring), district, ch.outcome, exercise).inc()
         if state["status"] in clock.TERMINAL:
-            # Resolved or cancelled: every unit it still holds is free again.
-            await self.store.release(incident_id, await self.store.held_by(incident_id))
-        await self.publish(state)
+            await self._close(doc)
+        await self.commit(doc, [self.state_record(state)])
+
+    async def _close(self, doc: dict[str, Any]) -> None:
+        """Stop every clock of a resolved/cancelled incident and free its units."""
+        state = doc["state"]
+        incident_id = state["incident_id"]
+        members = [member("d", incident_id, str(r["ring"])) for r in state["rings"]]
+        members += [member("n", incident_id, e) for e in doc["escalations"]]
+        await self.timers.cancel(doc["partition"], members)
+        await self.store.release(incident_id, await self.store.held_by(incident_id))
+        await self.redis.srem(self._open_key(state["exercise"]), incident_id)
+
+    async def _acknowledge(self, doc: dict[str, Any], update: dict[str, Any], now: datetime) -> None:
+        esc_id = str(update.get("escalation_id") or "")
+        entry = doc["escalations"].get(esc_id)
+        if entry is None:
+            raise Refused("clock", "unknown_escalation",
+                          f"no escalation {esc_id!r} on incident {update['incident_id']}")
+        doc = {**doc, "applied": [*doc["applied"], update["event_id"]][-APPLIED_KEEP:]}
+        if entry["acked_at"] is None:
+            at = clock.parse_time(update["at"])
+            entry = {**entry, "acked_at": update["at"], "acked_by": update.get("by")}
+            doc["escalations"] = {**doc["escalations"], esc_id: entry}
+            await self.timers.cancel(doc["partition"], [member("n", update["incident_id"], esc_id)])
+            raised = clock.parse_time(entry["body"]["raised_at"])
+            metrics.ESCALATION_ACK.labels(entry["body"]["level"]).observe(max(0.0, (at - raised).total_seconds()))
+        await self.redis.hdel(self._esc_open_key(), esc_id)
+        await self.commit(doc, [])
+
+    async def park(self, update: dict[str, Any]) -> None:
+        """Hold an update whose report has not arrived, with its original bytes, for a while."""
+        msg = current_message.get(None)
+        entry: dict[str, Any] = {"update": update}
+        if msg is not None:
+            entry.update(topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                         key=None if msg.key is None else base64.b64encode(msg.key).decode(),
+                         value=base64.b64encode(msg.value or b"").decode())
+        await self.redis.rpush(early_key(update["incident_id"]), orjson.dumps(entry))
+        await self.redis.expire(early_key(update["incident_id"]), 24 * 3600)
+        due = self.clock() + timedelta(seconds=self.settings.early_update_hold_s)
+        await self.timers.schedule(self._partition(), [(member("e", update["incident_id"]), _ms(due))])
+
+    async def apply_early(self, incident_id: str) -> None:
+        """Apply the updates that waited for this report, in arrival order."""
+        raw = await self.redis.lrange(early_key(incident_id), 0, -1)
+        if not raw:
+            return
+        for item in raw:
+            entry = orjson.loads(item)
+            try:
+                async with self.lock(incident_id):
+                    await self._on_update(entry["update"], parked=True)
+            except Refused as exc:
+                await self._dead_letter_parked(entry, exc.stage, exc.error_class, exc.reason)
+        self._unlock(incident_id)
+        await self.redis.delete(early_key(incident_id))
+
+    async def _dead_letter_parked(self, entry: dict[str, Any], stage: str, error_class: str, reason: str) -> None:
+        body, headers = dead_letter(
+            key=base64.b64decode(entry["key"]) if entry.get("key") else None,
+            value=base64.b64decode(entry.get("value", "")), topic=entry.get("topic", "?"),
+            partition=int(entry.get("partition", -1)), offset=int(entry.get("offset", -1)),
+            stage=stage, error_class=error_class, error=reason, now=self.clock())
+        await self.send_all([(self.settings.topic_prefix + "deadletter.v1",
+                              base64.b64decode(entry["key"]) if entry.get("key") else None,
+                              orjson.dumps(body), headers)])
+        metrics.DEADLETTERS.labels(stage, error_class).inc()
+
+    # -- timers ------------------------------------------------------------------------------
+    async def fire(self, partition: int, timer: str, due_ms: int) -> None:
+        """Fire one timer claimed from ``partition``."""
+        kind, incident_id, arg = parse_member(timer)
+        if kind == "e":
+            await self._expire_early(incident_id)
+            return
+        async with self.lock(incident_id):
+            doc = await self.load(incident_id)
+            if doc is not None:
+                doc = await self.flush_outbox(doc)
+                if kind == "d":
+                    await self._deadline(doc, int(arg))
+                elif kind == "n":
+                    await self._renotify(doc, arg)
+        self._unlock(incident_id)
+
+    async def _expire_early(self, incident_id: str) -> None:
+        if await self.load(incident_id) is not None:
+            return  # the report came: its handler applied the parked updates
+        raw = await self.redis.lrange(early_key(incident_id), 0, -1)
+        for item in raw:
+            await self._dead_letter_parked(
+                orjson.loads(item), "clock", "no_report",
+                f"no report of incident {incident_id} within {self.settings.early_update_hold_s:g}s of this update")
+        await self.redis.delete(early_key(incident_id))
+
+    async def _deadline(self, doc: dict[str, Any], ring: int) -> None:
+        now = self.clock()
+        state = clock.breach(doc["state"], ring, now)
+        if state is None:
+            return  # met, stopped or already breached: nothing to fire
+        incident_id = state["incident_id"]
+        exercise, district = self._exercise(state), self._district(state)
+        metrics.RING_OUTCOMES.labels(str(ring), district, "breached", exercise).inc()
+        attempt = sum(1 for e in doc["escalations"].values()
+                      if e["body"]["ring"] == ring and e["body"]["reason"] == "ring_deadline_missed")
+        state, esc = clock.escalate(state, ring, "ring_deadline_missed", now, attempt)
+        # A wider re-dispatch for the ring: the next candidates, never a unit already tried.
+        tried = frozenset(u["unit_id"] for b in doc["assignments"] or [] for u in b["units"])
+        re_attempt = 1 + max((b["attempt"] for b in doc["assignments"] or [] if b["ring"] == ring), default=0)
+        decisions = await self.dispatcher.decide(view_of(doc["report"], state["severity"]), [ring],
+                                                 exclude=tried, attempt=re_attempt)
+        bodies = [assignment_body(incident_id, d, re_attempt, now, state["exercise"]) for d in decisions]
+        state = clock.with_assignments(state, bodies, now)
+        doc = {**doc, "state": state, "assignments": [*(doc["assignments"] or []), *bodies],
+               "escalations": {**doc["escalations"], esc["escalation_id"]: self._esc_entry(esc)}}
+        await self.timers.schedule(doc["partition"], [(member("n", incident_id, esc["escalation_id"]),
+                                                       _ms(now) + self._renotify_ms())])
+        if not state["exercise"]:
+            await self.redis.hset(self._esc_open_key(), esc["escalation_id"], esc["level"])
+        await self.commit(doc, [self.escalation_record(esc), *[self.assignment_record(b) for b in bodies],
+                                self.state_record(state)])
+        self._count_escalation(esc)
+        for b in bodies:
+            outcome = "no_candidate" if not b["units"] else "shortfall" if b.get("shortfall") else "ok"
+            metrics.ASSIGNMENTS.labels(str(ring), outcome, exercise).inc()
+
+    async def _renotify(self, doc: dict[str, Any], esc_id: str) -> None:
+        entry = doc["escalations"].get(esc_id)
+        if entry is None or entry["acked_at"] is not None or doc["state"]["status"] in clock.TERMINAL:
+            return
+        now = self.clock()
+        n = entry["notifications"] + 1
+        body = {**entry["body"], "notification": n}
+        doc = {**doc, "escalations": {**doc["escalations"], esc_id: {**entry, "notifications": n}}}
+        await self.timers.schedule(doc["partition"], [(member("n", doc["state"]["incident_id"], esc_id),
+                                                       _ms(now) + self._renotify_ms())])
+        await self.commit(doc, [self.escalation_record({**body, "raised_at": now.isoformat()})])
+        metrics.RENOTIFICATIONS.labels(body["level"]).inc()

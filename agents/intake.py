@@ -14,6 +14,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -58,6 +59,22 @@ class Message(Protocol):
     key: bytes | None
     value: bytes | None
 
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """The message being handled, visible to handlers through :data:`current_message`."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    received: float  # time.perf_counter() when the worker took it
+
+
+#: Set by :meth:`Pipeline.process` for the duration of a handler (partition for timers, the
+#: original bytes for late dead letters, the receive time for decision latency).
+current_message: ContextVar[Inbound | None] = ContextVar("current_message", default=None)
 
 Send = Callable[[str, bytes | None, bytes, Headers], Awaitable[None]]
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
@@ -125,6 +142,7 @@ class Pipeline:
             metrics.EVENTS_IN.labels(topic, "duplicate").inc()
             return "duplicate"
         outcome = "ok"
+        token = current_message.set(Inbound(topic, msg.partition, msg.offset, msg.key, msg.value, start))
         try:
             await self.retrying("handle", lambda: handler(data))
         except Refused as exc:
@@ -137,6 +155,8 @@ class Pipeline:
                           data.get(ID_FIELD.get(spec.event_type, ""), "?"))
             await self.dead_letter(msg, agent, "internal_error", f"{type(exc).__name__}: {exc}"[:500])
             outcome = "refused"
+        finally:
+            current_message.reset(token)
         # Marked only after the effect: a crash in between replays the event, and handlers
         # are idempotent, so at-least-once delivery never loses nor doubles an effect.
         await self.retrying("dedupe", lambda: self.redis.set(seen, b"1", ex=self.settings.dedupe_ttl_s))

@@ -31,14 +31,24 @@ KINDS = ("post", "unit", "grid_team", "street_force", "professional")
 # Shared Lua: put a unit in exactly the one geo set it belongs to (or none).
 _REINDEX = """
 local function reindex(live, uid)
-  local h = redis.call('HMGET', live, 'kind', 'status', 'reserved_by', 'lat', 'lon', 'stale', 'indexed')
+  local h = redis.call('HMGET', live, 'kind', 'status', 'reserved_by', 'lat', 'lon', 'stale', 'indexed', 'district')
   local kind, status, reserved, lat, lon, stale, indexed = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
+  local district = h[8] or 'other'
   local want = false
   if kind and lat and lon and stale ~= '1' and not reserved then
     if status == 'available' then want = 'kf:geo:avail:' .. kind
     elseif status == 'drilling' then want = 'kf:geo:drill:' .. kind end
   end
-  if indexed and indexed ~= want then redis.call('ZREM', indexed, uid) end
+  if indexed and indexed ~= want then
+    redis.call('ZREM', indexed, uid)
+    -- Dispatchable units per district and kind, kept as counters for the availability gauge.
+    if string.sub(indexed, 1, 13) == 'kf:geo:avail:' then
+      redis.call('HINCRBY', 'kf:units:avail', district .. '|' .. string.sub(indexed, 14), -1)
+    end
+  end
+  if want and want ~= indexed and string.sub(want, 1, 13) == 'kf:geo:avail:' then
+    redis.call('HINCRBY', 'kf:units:avail', district .. '|' .. kind, 1)
+  end
   if want then
     redis.call('GEOADD', want, lon, lat, uid)
     redis.call('HSET', live, 'indexed', want)
@@ -253,6 +263,15 @@ class UnitStore:
             out.append(Candidate(unit_id=uid, kind=reg["kind"], lat=hlat, lon=hlon, responders=reg["responders"],
                                  equipment=frozenset(reg["equipment"]), district=reg["district"], grid=reg["grid"],
                                  venue_id=reg["venue"]["id"]))
+        return out
+
+    async def available_counts(self) -> dict[tuple[str, str], int]:
+        """Dispatchable units per (district, kind), from the counters the scripts keep."""
+        raw: dict[bytes, bytes] = await self.redis.hgetall("kf:units:avail")  # type: ignore[misc,assignment]
+        out = {}
+        for k, v in raw.items():
+            district, _, kind = k.decode().rpartition("|")
+            out[(district, kind)] = int(v)
         return out
 
     async def live(self, unit_id: str) -> dict[str, str]:

@@ -20,7 +20,8 @@ from kaifong.agents import web
 from kaifong.agents.dispatch import Dispatcher
 from kaifong.agents.drills import Drills
 from kaifong.agents.incidents import Incidents
-from kaifong.agents.intake import Pipeline
+from kaifong.agents.intake import INFRA_ERRORS, Pipeline
+from kaifong.agents.ringclock import RingClock
 from kaifong.agents.units import UnitsIntake
 from kaifong.agents.unitstore import UnitStore
 from kaifong.streams import metrics
@@ -52,7 +53,9 @@ class Worker:
         self.pipeline = Pipeline(settings, self.redis, self.send, _now)
         self.store = UnitStore(self.redis, settings.unit_stale_after_s)
         self.dispatcher = Dispatcher.from_settings(settings, self.store, _now)
-        self.incidents = Incidents(settings, self.redis, self.send_all, _now, self.store, self.dispatcher)
+        self.timers = RingClock(self.redis, settings.topic_prefix)
+        self.incidents = Incidents(settings, self.redis, self.send_all, _now, self.store, self.dispatcher,
+                                   self.timers)
         self.drills = Drills(self.redis)
         self.units = UnitsIntake(settings, self.redis, self.store, _now)
         self._faust_assigned = asyncio.Event()
@@ -85,6 +88,14 @@ class Worker:
 
         app.early_tasks.append(self.units.run)
 
+        @app.task
+        async def ring_clock() -> None:
+            await self.clock_loop()
+
+        @app.timer(interval=5.0)
+        async def sample_gauges() -> None:
+            await self.pipeline.retrying("gauges", self.sample_gauges)
+
         @app.timer(interval=max(1.0, self.settings.unit_stale_after_s / 10))
         async def sweep_stale_units() -> None:
             # Idempotent on every worker: a unit silent for longer than the limit leaves the
@@ -111,6 +122,73 @@ class Worker:
         app.on_rebalance_complete.connect(on_assigned)  # type: ignore[arg-type]
 
         web.register(app, self)
+
+    def owned_partitions(self) -> set[int]:
+        """Partitions of the incident topics this worker owns right now (co-partitioned)."""
+        topic = INCIDENTS_REPORTED.name(self.settings)
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - not started / rebalancing: own nothing this tick
+            return set()
+        return {tp.partition for tp in assigned if tp.topic == topic}
+
+    async def clock_loop(self) -> None:
+        """Fire due timers of owned partitions every tick; adopt in-flight timers on takeover."""
+        owned_before: set[int] = set()
+        tick = self.settings.clock_tick_s
+        while True:
+            await asyncio.sleep(tick)
+            owned = self.owned_partitions()
+            try:
+                for p in sorted(owned - owned_before):
+                    adopted = await self.timers.reclaim(p)
+                    if adopted:
+                        log.warning("partition %d: %d timers were in flight with its previous owner; "
+                                    "firing them now", p, adopted)
+                owned_before = owned
+                now_ms = int(_now().timestamp() * 1000)
+                for p in sorted(owned):
+                    claimed = await self.timers.claim(p, now_ms)
+                    if claimed:
+                        # Different incidents fire concurrently (each holds its own lock).
+                        await asyncio.gather(*(self._fire(p, m, due) for m, due in claimed))
+            except INFRA_ERRORS as exc:
+                metrics.REDIS_ERRORS.labels("clock").inc()
+                log.warning("ring clock: redis unavailable (%s); retrying", type(exc).__name__)
+                owned_before = set()  # re-adopt in-flight timers once Redis is back
+
+    async def _fire(self, partition: int, timer: str, due_ms: int) -> None:
+        try:
+            await self.incidents.fire(partition, timer, due_ms)
+        except INFRA_ERRORS:
+            await self.timers.schedule(partition, [(timer, due_ms)])  # try again next tick
+            return
+        except Exception:
+            metrics.INTERNAL_ERRORS.labels("ring_clock").inc()
+            log.exception("ring clock: timer %s failed", timer.split("|", maxsplit=1)[0])
+        await self.timers.done(partition, timer)
+
+    async def sample_gauges(self) -> None:
+        """Refresh gauges computed from Redis (shared state: every worker reports the same
+        city-wide value for the shared ones; dashboards take max, not sum)."""
+        prefix = self.settings.topic_prefix
+        for exercise in ("real", "exercise"):
+            n = await self.redis.scard(f"kf:inc:open:{prefix}{exercise}")  # type: ignore[misc]
+            metrics.INCIDENTS_OPEN.labels("true" if exercise == "exercise" else "false").set(n)
+        levels: dict[str, int] = dict.fromkeys(("grid", "street", "district", "city"), 0)
+        raw_levels: list[bytes] = await self.redis.hvals(f"kf:esc:open:{prefix}")  # type: ignore[misc,assignment]
+        for raw in raw_levels:
+            levels[raw.decode()] = levels.get(raw.decode(), 0) + 1
+        for name, n in levels.items():
+            metrics.ESCALATIONS_OPEN.labels(name).set(n)
+        metrics.CLOCKS_PENDING.set(await self.timers.pending(self.owned_partitions()))
+        known = set(self.settings.district_labels())
+        totals: dict[tuple[str, str], int] = {}
+        for (district, kind), n in (await self.store.available_counts()).items():
+            key = (district if district in known else "other", kind)
+            totals[key] = totals.get(key, 0) + n
+        for (district, kind), n in totals.items():
+            metrics.UNITS_AVAILABLE.labels(district, kind).set(n)
 
     def is_ready(self) -> bool:
         """True once the worker consumes all its inputs."""

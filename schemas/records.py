@@ -93,6 +93,8 @@ class IncidentUpdated(_Wire, namespace="kaifong.incident_update.v1"):
     unit_id: str | None = None
     severity: int | None = None
     note: str | None = None
+    escalation_id: str | None = None
+    by: str | None = None
 
 
 class Venue(_Wire, namespace="kaifong.venue.v1"):
@@ -192,6 +194,7 @@ class EscalationRaised(_Wire, namespace="kaifong.escalation.v1"):
     exercise: bool
     district: str | None = None
     grid: str | None = None
+    notification: int | None = None
 
 
 class RingState(_Wire, namespace="kaifong.ring_state.v1"):

@@ -13,7 +13,7 @@ from kaifong.streams.settings import Settings
 from kaifong.streams.topics import CATALOGUE, INPUTS
 
 # `_created` series double the exposition for nothing a dashboard uses.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Processing is milliseconds; response is seconds to tens of minutes, with bucket edges at the
 # default ring targets (60/180/300/600/1200 s) so SLA compliance is exact from the histogram.
