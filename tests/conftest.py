@@ -17,11 +17,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hypothesis  # noqa: F401 - imported up front: see the note below
 import pytest
 
 from kaifong.streams.admin import ensure_topics, wait_for_broker
 from kaifong.streams.embedded import EmbeddedStack, free_port
 from kaifong.streams.settings import Settings
+
+# Note: hypothesis is imported at collection time on purpose. Left to pytest's lazy import at
+# session end, CPython 3.11.7 sometimes fails it with "AST constructor recursion depth
+# mismatch" after asyncio-heavy tests (a CPython bug in ast.parse's recursion counter).
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 _db_numbers = itertools.count(1)

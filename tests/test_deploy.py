@@ -122,7 +122,7 @@ def dockerfile_stages() -> list[list[str]]:
 
 
 # -- Compose ----------------------------------------------------------------------------------
-def test_compose_config_validates_with_env_example() -> None:
+def test_compose_config_validates_with_env_example(tmp_path: Path) -> None:
     ok = docker_compose("--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config", "-q")
     assert ok.returncode == 0, ok.stderr + ok.stdout
     ok = docker_compose("--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "--profile", "sim",
@@ -130,7 +130,9 @@ def test_compose_config_validates_with_env_example() -> None:
     assert ok.returncode == 0, ok.stderr
     assert {"kafka", "redis", "topics", "simulator", "prometheus", "grafana"} <= set(ok.stdout.split())
     # Without the secrets the file must refuse to render, not start Redis with no password.
-    empty = docker_compose("--env-file", os.devnull, "-f", str(COMPOSE), "config", "-q")
+    no_secrets = tmp_path / "empty.env"
+    no_secrets.write_text("", "utf-8")
+    empty = docker_compose("--env-file", str(no_secrets), "-f", str(COMPOSE), "config", "-q")
     assert empty.returncode != 0
     assert "REDIS_PASSWORD" in empty.stderr + empty.stdout
 
@@ -450,7 +452,7 @@ def test_guide_commands_and_retention_table_match_the_catalogue() -> None:
     guide = GUIDE.read_text("utf-8")
     assert "docker compose -f deploy/compose/compose.yaml up -d --build" in guide
     assert "kubectl apply -k deploy/k8s" in guide
-    assert "docker build -f deploy/docker/Dockerfile ." in guide
+    assert re.search(r"docker build -f deploy/docker/Dockerfile( -t \S+)? \.$", guide, re.M)
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `kaifong\.([a-z.]+v\d+)` \|.*$", guide, re.M)}
     for spec in CATALOGUE:
         row = rows.get(spec.suffix)
