@@ -68,6 +68,7 @@ class UnitsIntake:
             max_poll_records=s.status_batch_max, session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000), max_partition_fetch_bytes=8 << 20,
             fetch_max_bytes=32 << 20,
+            group_instance_id=f"{s.instance_id}-units" if s.instance_id else None,
         )
         producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, linger_ms=20,
                                     acks=-1 if s.producer_acks == "all" else int(s.producer_acks),
@@ -126,7 +127,7 @@ class UnitsIntake:
                 uid = d["unit_id"]
                 if is_status:
                     loc = d.get("location") or {}
-                    pipe.evalsha(status_sha, 2, seen, live_key(uid), s.dedupe_ttl_s,
+                    pipe.evalsha(status_sha, 2, seen, live_key(uid), s.status_dedupe_ttl_s,
                                  d["seq"], d["status"], d["at"], loc.get("lat", ""), loc.get("lon", ""),
                                  d.get("responders_on_duty", ""), d.get("incident_id", ""), uid, now_ms)
                 else:

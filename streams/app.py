@@ -80,7 +80,8 @@ def create_app(settings: Settings, **overrides: Any) -> KaifongApp:
         # A join waits about half the session timeout (DESIGN.md §6): 6 s → ready in ~4 s.
         "broker_session_timeout": settings.session_timeout_s,
         "broker_heartbeat_interval": settings.heartbeat_interval_s,
-        "broker_rebalance_timeout": max(settings.session_timeout_s * 2, 10.0),
+        # A dead member holds a rebalance up to this long: keep it at the session timeout.
+        "broker_rebalance_timeout": settings.session_timeout_s,
         "broker_commit_interval": 1.0,
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": {"all": -1, "1": 1, "0": 0}.get(settings.producer_acks, -1),
@@ -88,6 +89,7 @@ def create_app(settings: Settings, **overrides: Any) -> KaifongApp:
         "producer_max_request_size": 4 * 1024 * 1024,
         "consumer_max_fetch_size": 8 * 1024 * 1024,
         "stream_wait_empty": False,
+        "consumer_group_instance_id": settings.instance_id or None,
         "logging_config": None,
     }
     conf.update(overrides)

@@ -74,6 +74,10 @@ class Settings:
                                    "Replication factor for created topics (3 in production).")
     app_id: str = _opt("KAIFONG_APP_ID", "kaifong",
                        "Consumer group id of the workers (and Faust app id).")
+    instance_id: str = _opt("KAIFONG_INSTANCE_ID", "",
+                            "Static consumer-group membership id of this worker (e.g. the pod name of a "
+                            "StatefulSet): a restarted worker takes its old place at once instead of "
+                            "waiting for the dead member's session to expire. Empty = dynamic.")
     web_host: str = _opt("KAIFONG_WEB_HOST", "127.0.0.1", "Address of the worker's web port.")
     web_port: int = _opt("KAIFONG_WEB_PORT", 6066,
                          "Worker web port: /health, /ready, /metrics, /api/*, the console.")
@@ -85,6 +89,9 @@ class Settings:
                                 "Largest accepted input event; larger ones are dead-lettered.")
     dedupe_ttl_s: int = _opt("KAIFONG_DEDUPE_TTL_S", 7 * 24 * 3600,
                              "How long an event_id is remembered for duplicate detection.")
+    status_dedupe_ttl_s: int = _opt("KAIFONG_STATUS_DEDUPE_TTL_S", 900,
+                                    "Dedupe window of the unit-status firehose (its sequence numbers "
+                                    "already refuse replays; 7 days at 2,300 events/s would cost ~139 GB).")
     session_timeout_s: float = _opt("KAIFONG_BROKER_SESSION_TIMEOUT_S", 6.0,
                                     "Consumer-group session timeout; a join waits about half "
                                     "of it, so it bounds start-up and failover time.")

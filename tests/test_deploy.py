@@ -296,6 +296,7 @@ def test_deployment_is_production_shaped() -> None:
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["terminationGracePeriodSeconds"] == 30
+    assert pod["enableServiceLinks"] is False  # else KAIFONG_WORKER_* variables appear from the Service
     assert {x["topologyKey"] for x in pod["topologySpreadConstraints"]} >= {"kubernetes.io/hostname"}
     for constraint in pod["topologySpreadConstraints"]:
         assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()
