@@ -102,6 +102,7 @@ redis.call('SET', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[3], 'kind', ARGV[4], 'district', ARGV[7], 'grid', ARGV[8])
 if not redis.call('HGET', KEYS[3], 'lat') then redis.call('HSET', KEYS[3], 'lat', ARGV[5], 'lon', ARGV[6]) end
 redis.call('SADD', 'kf:units:all', ARGV[3])
+redis.call('SADD', 'kf:units:district:' .. ARGV[7], ARGV[3])
 reindex(KEYS[3], ARGV[3])
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 return 'ok'

@@ -140,7 +140,7 @@ def windows(sim: Sim) -> list[tuple[str, int, int]]:
     for u in sim.units:
         days = sim.drilled_days[u.unit_id]
         marks = [0, *days]
-        out += [(u.unit_id, a, b) for a, b in zip(marks, days, strict=True)]
+        out += [(u.unit_id, a, b) for a, b in zip(marks[:-1], days, strict=True)]
         out.append((u.unit_id, marks[-1], DAYS))  # still open: day DAYS is the first unplanned day
     return out
 
@@ -546,7 +546,7 @@ def test_duplicate_stage_keeps_the_first() -> None:
                    ("mustered", 90, 2))
     assert s.ack_at == T0 + timedelta(seconds=30)
     assert (s.muster_at, s.headcount) == (T0 + timedelta(seconds=100), 9)
-    assert score(s, clock.now, POLICY) == ("pass", 30.0, 100.0)
+    assert score(s, clock.at(100), POLICY) == ("pass", 30.0, 100.0)
 
 
 # -- readiness ---------------------------------------------------------------------------------
@@ -564,8 +564,11 @@ def test_readiness_decays_with_age() -> None:
     assert mixed == pytest.approx(1.1 / 1.5)
     # The same two results the other way round: the recent fail dominates.
     assert readiness([(now, "fail"), (now - timedelta(days=30), "pass")], now) == pytest.approx(0.7 / 1.5)
-    old_fail = readiness([(now - timedelta(days=90), "fail"), (now, "late")], now)
-    assert mixed < old_fail < 0.6
+    # The older the fail beside today's pass, the less it counts.
+    by_age = [readiness([(now - timedelta(days=d), "fail"), (now, "pass")], now) for d in (0, 30, 90, 365)]
+    assert by_age == sorted(by_age)
+    assert by_age[0] == pytest.approx(0.6)
+    assert by_age[-1] > 0.99
     assert 0.0 <= readiness([(now - timedelta(days=d), "late") for d in range(100)], now) <= 1.0
 
 

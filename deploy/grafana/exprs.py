@@ -45,11 +45,9 @@ def exprs(path: str | Path) -> list[tuple[str, str, str]]:
     """
     path = Path(path)
     dashboard = json.loads(path.read_text(encoding="utf-8"))
-    out: list[tuple[str, str, str]] = []
-    for panel in _panels(dashboard.get("panels", [])):
-        for target in panel.get("targets", []):
-            out.append((path.name, str(panel.get("title", "")), substitute(str(target.get("expr", "")))))
-    return out
+    return [(path.name, str(panel.get("title", "")), substitute(str(target.get("expr", ""))))
+            for panel in _panels(dashboard.get("panels", []))
+            for target in panel.get("targets", [])]
 
 
 if __name__ == "__main__":
