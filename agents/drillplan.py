@@ -13,10 +13,10 @@ day's selection has two parts:
    from the planner's ``epoch``, the first planned day unless given, so the initial
    population is covered within the first ``coverage_days``). The planner aims
    ``safety_days`` before the due date (by default as many days as the capacity allows), so
-   a unit that is busy on its aimed day still has that many more days to be caught. It then schedules the backlog *as late as possible*
-   with ``daily_rate`` drills per future day, and whatever cannot wait (the units that
-   latest-possible scheduling puts on today, plus everything overdue) is taken today, most
-   urgent first, random among equally urgent units.
+   a unit that is busy on its aimed day still has that many more days to be caught. It
+   schedules the backlog *as late as possible* with ``daily_rate`` drills per future day;
+   whatever cannot wait (what that schedule puts on today, plus everything overdue) is taken
+   today, most urgent first, at random among equally urgent units.
 2. *Random fill* — the rest of the day's drills are a stratified random draw: strata are
    (district, venue type); each stratum's share is proportional to its count of eligible
    units not drilled in the last ``min_gap_days`` (largest-remainder apportionment, the
@@ -25,12 +25,13 @@ day's selection has two parts:
    draw falls back to recently drilled ones.
 
 The guarantee is feasible only if ``daily_rate × coverage_days ≥ population``; the constructor
-refuses anything else. At the programme's figures (23,000 units, 705 a day, 35 days: capacity
-24,675) about 93 % of the capacity is spent keeping the guarantee, so in the steady state a
-unit's drill *day* is predictable within a few days and only ~7 % of drills are a free random
-draw; the time of day is always random. A unit that is busy (``eligible`` says no) on every
-day from its aimed day to its due date is drilled late: no schedule can avoid that, the
-margin only makes it rare.
+refuses anything else. The programme's figures leave little room: 23,000 units at 705 a day
+means one drill per unit every 32.6 days on average against a 35-day limit. So the first
+``coverage_days`` are a random order of the whole population, but after that most units are
+drilled 33 days after their last drill (aimed 2 days early) and only ~20 drills a day
+(~3 %) are a free random draw; the time of day is always random. A unit that is busy
+(``eligible`` says no) on every day from its aimed day to its due date is drilled late: no
+schedule can avoid that, the margin only makes it rare (3 days at 705 a day, 4 at 719).
 
 **Scoring** (:func:`apply_response`, :func:`abort`, :func:`score`, :func:`decide_at`) folds the
 unit's answers into a :class:`DrillState` and decides pass / late / fail / no_answer / aborted

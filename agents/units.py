@@ -119,22 +119,22 @@ class UnitsIntake:
         now_ms = int(self.clock().timestamp() * 1000)
 
         async def apply() -> list[Any]:
-            status_sha = await self.store.sha("status")
-            registry_sha = await self.store.sha("registry")
-            pipe = self.redis.pipeline(transaction=False)
-            for _, d in valid:
-                seen = dedupe_key(event_type, d)
-                uid = d["unit_id"]
-                if is_status:
-                    loc = d.get("location") or {}
-                    pipe.evalsha(status_sha, 2, seen, live_key(uid), s.status_dedupe_ttl_s,
-                                 d["seq"], d["status"], d["at"], loc.get("lat", ""), loc.get("lon", ""),
-                                 d.get("responders_on_duty", ""), d.get("incident_id", ""), uid, now_ms)
-                else:
-                    pipe.evalsha(registry_sha, 3, seen, registry_key(uid), live_key(uid), s.dedupe_ttl_s,
-                                 orjson.dumps(d), uid, d["kind"], d["home"]["lat"], d["home"]["lon"],
-                                 d["district"], d["grid"])
             try:
+                if is_status:
+                    # The firehose: the whole batch in one script call, decoded by Lua.
+                    packed = orjson.dumps([
+                        [d["event_id"], d["unit_id"], str(d["seq"]), d["status"], d["at"],
+                         (d.get("location") or {}).get("lat", False), (d.get("location") or {}).get("lon", False),
+                         d.get("responders_on_duty", False), d.get("incident_id", False)] for _, d in valid])
+                    sha = await self.store.sha("status")
+                    return list(await self.redis.evalsha(sha, 0, now_ms, packed))
+                registry_sha = await self.store.sha("registry")
+                pipe = self.redis.pipeline(transaction=False)
+                for _, d in valid:
+                    uid = d["unit_id"]
+                    pipe.evalsha(registry_sha, 3, dedupe_key(event_type, d), registry_key(uid), live_key(uid),
+                                 s.dedupe_ttl_s, orjson.dumps(d), uid, d["kind"], d["home"]["lat"],
+                                 d["home"]["lon"], d["district"], d["grid"])
                 return list(await pipe.execute())
             except NoScriptError:  # Redis restarted: reload and redo the (idempotent) batch
                 await self.store.load_scripts()

@@ -70,29 +70,49 @@ _ILLEGAL_LUA = "local ILLEGAL = {" + ", ".join(
     f"{prev} = {{" + ", ".join(f"{n} = true" for n in nexts) + "}" for prev, nexts in _ILLEGAL.items()
 ) + "}\n"
 
-# KEYS: seen-key, live. ARGV: ttl, seq, status, at, lat, lon, on_duty, incident, unit_id, now_ms
-# Returns ok | dup | stale:<seq> | illegal:<prev>
+# One call per batch (the firehose path): ARGV[1] = now_ms, ARGV[2] = JSON array of
+# [event_id, unit_id, seq, status, at, lat|false, lon|false, on_duty|false, incident|false].
+# Returns one code per event: ok | dup | stale:<seq> | illegal:<prev>.
+# Duplicates are recognised by the unit's last 8 event ids (kept on its live hash), so the
+# firehose needs no per-event dedupe keys: memory stays bounded by the number of units.
 STATUS_LUA = _REINDEX + _ILLEGAL_LUA + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'dup' end
-local live, uid = KEYS[2], ARGV[9]
-local h = redis.call('HMGET', live, 'seq', 'status', 'reserved_by')
-local cur, prev, reserved = h[1], h[2], h[3]
-if cur and tonumber(ARGV[2]) <= tonumber(cur) then return 'stale:' .. cur end
-local nxt = ARGV[3]
-if prev and ILLEGAL[prev] and ILLEGAL[prev][nxt] then return 'illegal:' .. prev end
-redis.call('HSET', live, 'seq', ARGV[2], 'status', nxt, 'at', ARGV[4], 'seen_ms', ARGV[10], 'stale', '0')
-if ARGV[5] ~= '' then redis.call('HSET', live, 'lat', ARGV[5], 'lon', ARGV[6]) end
-if ARGV[7] ~= '' then redis.call('HSET', live, 'on_duty', ARGV[7]) end
-if ARGV[8] ~= '' then redis.call('HSET', live, 'incident_id', ARGV[8]) else redis.call('HDEL', live, 'incident_id') end
--- Released when it reports available after having worked (dispatched/en route/on scene):
--- a plain "available" heartbeat sent before it heard of its dispatch keeps the reservation.
-if reserved and nxt == 'available' and (prev == 'dispatched' or prev == 'en_route' or prev == 'on_scene') then
-  redis.call('HDEL', live, 'reserved_by', 'reserved_ring', 'reserved_ms')
+local now = ARGV[1]
+local events = cjson.decode(ARGV[2])
+local out = {}
+for i, e in ipairs(events) do
+  local eid, uid, seq, nxt = e[1], e[2], tonumber(e[3]), e[4]
+  local live = 'kf:unit:' .. uid .. ':live'
+  local h = redis.call('HMGET', live, 'seq', 'status', 'reserved_by', 'recent')
+  local cur, prev, reserved, recent = h[1], h[2], h[3], h[4] or ''
+  if string.find('\\n' .. recent .. '\\n', '\\n' .. eid .. '\\n', 1, true) then
+    out[i] = 'dup'
+  elseif cur and seq <= tonumber(cur) then
+    out[i] = 'stale:' .. cur
+  elseif prev and ILLEGAL[prev] and ILLEGAL[prev][nxt] then
+    out[i] = 'illegal:' .. prev
+  else
+    -- Remember the last 8 event ids: enough to recognise a batch replayed after a crash; an
+    -- older duplicate is refused as stale_seq (dead-lettered with the reason, never applied).
+    local kept = {eid}
+    for id in string.gmatch(recent, '[^\\n]+') do
+      if #kept < 8 then table.insert(kept, id) end
+    end
+    redis.call('HSET', live, 'seq', e[3], 'status', nxt, 'at', e[5], 'seen_ms', now, 'stale', '0',
+               'recent', table.concat(kept, '\\n'))
+    if e[6] then redis.call('HSET', live, 'lat', e[6], 'lon', e[7]) end
+    if e[8] then redis.call('HSET', live, 'on_duty', e[8]) end
+    if e[9] then redis.call('HSET', live, 'incident_id', e[9]) else redis.call('HDEL', live, 'incident_id') end
+    -- Released when it reports available after having worked (dispatched/en route/on scene):
+    -- a plain "available" heartbeat sent before it heard of its dispatch keeps the reservation.
+    if reserved and nxt == 'available' and (prev == 'dispatched' or prev == 'en_route' or prev == 'on_scene') then
+      redis.call('HDEL', live, 'reserved_by', 'reserved_ring', 'reserved_ms')
+    end
+    redis.call('ZADD', 'kf:units:seen', now, uid)
+    reindex(live, uid)
+    out[i] = 'ok'
+  end
 end
-redis.call('ZADD', 'kf:units:seen', ARGV[10], uid)
-reindex(live, uid)
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-return 'ok'
+return out
 """
 
 # KEYS: seen-key, reg, live. ARGV: ttl, json, unit_id, kind, home_lat, home_lon, district, grid

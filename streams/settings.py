@@ -89,9 +89,6 @@ class Settings:
                                 "Largest accepted input event; larger ones are dead-lettered.")
     dedupe_ttl_s: int = _opt("KAIFONG_DEDUPE_TTL_S", 7 * 24 * 3600,
                              "How long an event_id is remembered for duplicate detection.")
-    status_dedupe_ttl_s: int = _opt("KAIFONG_STATUS_DEDUPE_TTL_S", 900,
-                                    "Dedupe window of the unit-status firehose (its sequence numbers "
-                                    "already refuse replays; 7 days at 2,300 events/s would cost ~139 GB).")
     session_timeout_s: float = _opt("KAIFONG_BROKER_SESSION_TIMEOUT_S", 6.0,
                                     "Consumer-group session timeout; a join waits about half "
                                     "of it, so it bounds start-up and failover time.")

@@ -246,6 +246,26 @@ def test_draw_is_not_biased_across_strata(sim: Sim) -> None:
     assert dof_s >= 60
     assert p_s > 0.001
 
+    # Over 60 days the coverage floor evens the totals out (hence p ≈ 1 above), so the sharp
+    # test is the first week: ~4,900 drills, mostly the stratified fill, none forced by a
+    # previous drill. Each stratum should get its share of them (cells expecting < 5 pooled).
+    week = Counter((u.district, u.venue_type) for u in sim.units if sim.drilled_days[u.unit_id][0] < 7)
+    wtotal = sum(week.values())
+    obs, exp, pool_o, pool_e = [], [], 0.0, 0.0
+    for s in sorted(size2):
+        e = wtotal * size2[s] / n
+        if e < 5:
+            pool_o, pool_e = pool_o + week[s], pool_e + e
+        else:
+            obs.append(float(week[s]))
+            exp.append(e)
+    obs.append(pool_o)
+    exp.append(pool_e)
+    stat_w, dof_w, p_w = chi2_gof(obs, exp)
+    print(f"first-week stratum chi-square {stat_w:.2f}, dof {dof_w}, p {p_w:.4f} ({wtotal} drills)")
+    assert wtotal == 7 * RATE
+    assert p_w > 0.001
+
 
 def test_draw_is_uniform_within_strata(sim: Sim) -> None:
     # Beyond the floor of one drill, how many a unit got must not depend on its district (the
@@ -256,6 +276,15 @@ def test_draw_is_uniform_within_strata(sim: Sim) -> None:
     table = [[by_district[d][c] for c in (1, 2, 3)] for d in sorted(by_district)]
     stat, dof, p = chi2_homogeneity(table)
     print(f"\ndrills-per-unit by district: chi-square {stat:.2f}, dof {dof}, p {p:.4f}")
+    assert p > 0.001
+    # ... nor does the week of a unit's first drill (the order the initial population is
+    # covered in, the sensitive part: totals are evened out by the coverage floor) ...
+    weeks: dict[str, Counter[int]] = defaultdict(Counter)
+    for u in sim.units:
+        weeks[u.district][sim.drilled_days[u.unit_id][0] // 7] += 1
+    table = [[weeks[d][w] for w in range(6)] for d in sorted(weeks)]
+    stat, dof, p = chi2_homogeneity(table)
+    print(f"first-drill week by district: chi-square {stat:.2f}, dof {dof}, p {p:.4f}")
     assert p > 0.001
     # ... nor on where the unit sits in its district's registry order: the first drill day is
     # uncorrelated with the unit's rank by id within its district (|z| = |r|·√n < 4).
