@@ -76,18 +76,32 @@ class UnitsIntake:
         consumer.subscribe(list(self.topics()), listener=_Assigned(self))
         await producer.start()
         await consumer.start()
+        # Two stages joined by a short queue: while Redis applies batch k (on the other core),
+        # this loop fetches and validates batch k+1. Offsets are committed by the apply stage,
+        # in order, only after a batch's effects and dead letters are durable.
+        queue: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=2)
+        applier = asyncio.ensure_future(self._apply_stage(queue, consumer, producer))
         try:
             await self._retry(self.store.load_scripts)
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=s.status_batch_max)
-                if not batches:
-                    continue
-                for tp, records in batches.items():
-                    await self.process(tp, records, producer)
-                await consumer.commit()
+                if applier.done():
+                    applier.result()  # re-raise what stopped the apply stage
+                if batches:
+                    await queue.put(self.prepare(batches))
         finally:
+            applier.cancel()
             await consumer.stop()
             await producer.stop()
+
+    async def _apply_stage(self, queue: asyncio.Queue[Prepared | None], consumer: AIOKafkaConsumer,
+                           producer: AIOKafkaProducer) -> None:
+        while True:
+            prepared = await queue.get()
+            if prepared is None:
+                return
+            await self.apply(prepared, producer)
+            await consumer.commit(prepared.offsets)
 
     async def _retry(self, fn: Callable[[], Any]) -> Any:
         delay = 0.05
@@ -100,64 +114,78 @@ class UnitsIntake:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def process(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]],
-                      producer: AIOKafkaProducer) -> dict[str, int]:
-        """Validate and apply one partition's batch; return counts by outcome."""
-        start = time.perf_counter()
+    def prepare(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> Prepared:
+        """Stage 1 (CPU): parse and validate every record of a fetch, across partitions."""
         s = self.settings
-        is_status = tp.topic == UNITS_STATUS.name(s)
-        event_type = UNITS_STATUS.event_type if is_status else UNITS_REGISTRY.event_type
-        valid: list[tuple[ConsumerRecord[Any, Any], dict[str, Any]]] = []
-        refusals: list[tuple[ConsumerRecord[Any, Any], str, str, str]] = []
-        for rec in records:
-            try:
-                valid.append((rec, parse(event_type, rec.value, max_bytes=s.max_event_bytes)))
-            except InvalidEvent as exc:
-                refusals.append((rec, "intake", exc.error_class, "; ".join(exc.reasons)))
-        counts = {"ok": 0, "invalid": len(refusals), "duplicate": 0, "refused": 0}
+        status_topic = UNITS_STATUS.name(s)
+        out = Prepared(started=time.perf_counter())
+        for tp, records in batches.items():
+            is_status = tp.topic == status_topic
+            event_type = UNITS_STATUS.event_type if is_status else UNITS_REGISTRY.event_type
+            target = out.status if is_status else out.registry
+            for rec in records:
+                try:
+                    target.append((rec, parse(event_type, rec.value, max_bytes=s.max_event_bytes)))
+                except InvalidEvent as exc:
+                    out.refusals.append((rec, "intake", exc.error_class, "; ".join(exc.reasons)))
+                    out.count(rec.topic, "invalid")
+            out.offsets[tp] = records[-1].offset + 1
+            out.size += len(records)
+        return out
 
+    async def apply(self, prepared: Prepared, producer: AIOKafkaProducer) -> None:
+        """Stage 2 (Redis + broker): apply, dead-letter refusals, count."""
+        s = self.settings
         now_ms = int(self.clock().timestamp() * 1000)
+        status, registry = prepared.status, prepared.registry
 
-        async def apply() -> list[Any]:
+        async def run_status() -> list[Any]:
+            # The firehose: the whole fetch in one script call, decoded by Lua.
+            packed = orjson.dumps([
+                [d["event_id"], d["unit_id"], str(d["seq"]), d["status"], d["at"],
+                 (d.get("location") or {}).get("lat", False), (d.get("location") or {}).get("lon", False),
+                 d.get("responders_on_duty", False), d.get("incident_id", False)] for _, d in status])
             try:
-                if is_status:
-                    # The firehose: the whole batch in one script call, decoded by Lua.
-                    packed = orjson.dumps([
-                        [d["event_id"], d["unit_id"], str(d["seq"]), d["status"], d["at"],
-                         (d.get("location") or {}).get("lat", False), (d.get("location") or {}).get("lon", False),
-                         d.get("responders_on_duty", False), d.get("incident_id", False)] for _, d in valid])
-                    sha = await self.store.sha("status")
-                    return list(await self.redis.evalsha(sha, 0, now_ms, packed))
-                registry_sha = await self.store.sha("registry")
-                pipe = self.redis.pipeline(transaction=False)
-                for _, d in valid:
-                    uid = d["unit_id"]
-                    pipe.evalsha(registry_sha, 3, dedupe_key(event_type, d), registry_key(uid), live_key(uid),
-                                 s.dedupe_ttl_s, orjson.dumps(d), uid, d["kind"], d["home"]["lat"],
-                                 d["home"]["lon"], d["district"], d["grid"])
-                return list(await pipe.execute())
+                return list(await self.redis.evalsha(await self.store.sha("status"), 0, now_ms, packed))
             except NoScriptError:  # Redis restarted: reload and redo the (idempotent) batch
                 await self.store.load_scripts()
                 raise ConnectionError("redis lost its scripts") from None
 
-        results = await self._retry(apply) if valid else []
-        for (rec, _d), result in zip(valid, results, strict=True):
+        async def run_registry() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            sha = await self.store.sha("registry")
+            for _, d in registry:
+                uid = d["unit_id"]
+                pipe.evalsha(sha, 3, dedupe_key(UNITS_REGISTRY.event_type, d), registry_key(uid), live_key(uid),
+                             s.dedupe_ttl_s, orjson.dumps(d), uid, d["kind"], d["home"]["lat"], d["home"]["lon"],
+                             d["district"], d["grid"])
+            try:
+                return list(await pipe.execute())
+            except NoScriptError:
+                await self.store.load_scripts()
+                raise ConnectionError("redis lost its scripts") from None
+
+        # Registry first: a unit registered and reporting in the same fetch gets indexed.
+        reg_results = await self._retry(run_registry) if registry else []
+        status_results = await self._retry(run_status) if status else []
+        for (rec, d), result in [*zip(registry, reg_results, strict=True), *zip(status, status_results, strict=True)]:
             text = result.decode() if isinstance(result, bytes) else str(result)
             if text == "ok":
-                counts["ok"] += 1
+                prepared.count(rec.topic, "ok")
             elif text == "dup":
-                counts["duplicate"] += 1
+                prepared.count(rec.topic, "duplicate")
             elif text.startswith("stale:"):
-                counts["refused"] += 1
-                refusals.append((rec, "units", "stale_seq",
-                                 f"seq {_d['seq']} is not newer than seq {text.split(':', 1)[1]} already applied"))
+                prepared.count(rec.topic, "refused")
+                prepared.refusals.append((rec, "units", "stale_seq",
+                                          f"seq {d['seq']} is not newer than seq {text.split(':', 1)[1]} "
+                                          "already applied"))
             else:
-                counts["refused"] += 1
-                refusals.append((rec, "units", "illegal_transition",
-                                 f"{text.split(':', 1)[1]} → {_d['status']} is not a legal transition"))
+                prepared.count(rec.topic, "refused")
+                prepared.refusals.append((rec, "units", "illegal_transition",
+                                          f"{text.split(':', 1)[1]} → {d['status']} is not a legal transition"))
         now = self.clock()
         futures = []
-        for rec, stage, error_class, reason in refusals:
+        for rec, stage, error_class, reason in prepared.refusals:
             body, headers = dead_letter(key=rec.key, value=rec.value, topic=rec.topic, partition=rec.partition,
                                         offset=rec.offset, stage=stage, error_class=error_class, error=reason,
                                         now=now)
@@ -168,10 +196,25 @@ class UnitsIntake:
             # The commit that follows must not run ahead of the dead letters reaching the broker.
             await asyncio.gather(*futures)
             metrics.EVENTS_OUT.labels(s.topic_prefix + "deadletter.v1").inc(len(futures))
-            log.warning("dead-lettered %d of %d from %s[%d]", len(futures), len(records), tp.topic, tp.partition)
-        for outcome, n in counts.items():
-            if n:
-                metrics.EVENTS_IN.labels(tp.topic, outcome).inc(n)
-        metrics.BATCH_SIZE.labels("units").observe(len(records))
-        metrics.PROCESSING.labels("units").observe(time.perf_counter() - start)
-        return counts
+            log.warning("dead-lettered %d of %d unit events", len(futures), prepared.size)
+        for (topic, outcome), n in prepared.counts.items():
+            metrics.EVENTS_IN.labels(topic, outcome).inc(n)
+        metrics.BATCH_SIZE.labels("units").observe(prepared.size)
+        metrics.PROCESSING.labels("units").observe(time.perf_counter() - prepared.started)
+
+
+@dataclass
+class Prepared:
+    """One fetch, validated: what to apply, what to refuse, where to commit."""
+
+    started: float
+    status: list[tuple[ConsumerRecord[Any, Any], dict[str, Any]]] = field(default_factory=list)
+    registry: list[tuple[ConsumerRecord[Any, Any], dict[str, Any]]] = field(default_factory=list)
+    refusals: list[tuple[ConsumerRecord[Any, Any], str, str, str]] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    size: int = 0
+
+    def count(self, topic: str, outcome: str) -> None:
+        """One more event of ``topic`` with ``outcome``."""
+        self.counts[(topic, outcome)] = self.counts.get((topic, outcome), 0) + 1

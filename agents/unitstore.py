@@ -75,14 +75,16 @@ _ILLEGAL_LUA = "local ILLEGAL = {" + ", ".join(
 # Returns one code per event: ok | dup | stale:<seq> | illegal:<prev>.
 # Duplicates are recognised by the unit's last 8 event ids (kept on its live hash), so the
 # firehose needs no per-event dedupe keys: memory stays bounded by the number of units.
-STATUS_LUA = _REINDEX + _ILLEGAL_LUA + """
+STATUS_LUA = _ILLEGAL_LUA + """
 local now = ARGV[1]
 local events = cjson.decode(ARGV[2])
 local out = {}
 for i, e in ipairs(events) do
   local eid, uid, seq, nxt = e[1], e[2], tonumber(e[3]), e[4]
   local live = 'kf:unit:' .. uid .. ':live'
-  local h = redis.call('HMGET', live, 'seq', 'status', 'reserved_by', 'recent')
+  -- One read of everything this update needs (the reindex below is inlined for the same reason).
+  local h = redis.call('HMGET', live, 'seq', 'status', 'reserved_by', 'recent', 'kind', 'lat', 'lon',
+                       'indexed', 'district')
   local cur, prev, reserved, recent = h[1], h[2], h[3], h[4] or ''
   if string.find('\\n' .. recent .. '\\n', '\\n' .. eid .. '\\n', 1, true) then
     out[i] = 'dup'
@@ -97,18 +99,42 @@ for i, e in ipairs(events) do
     for id in string.gmatch(recent, '[^\\n]+') do
       if #kept < 8 then table.insert(kept, id) end
     end
-    redis.call('HSET', live, 'seq', e[3], 'status', nxt, 'at', e[5], 'seen_ms', now, 'stale', '0',
-               'recent', table.concat(kept, '\\n'))
-    if e[6] then redis.call('HSET', live, 'lat', e[6], 'lon', e[7]) end
-    if e[8] then redis.call('HSET', live, 'on_duty', e[8]) end
-    if e[9] then redis.call('HSET', live, 'incident_id', e[9]) else redis.call('HDEL', live, 'incident_id') end
+    local lat, lon = h[6], h[7]
+    if e[6] then lat, lon = e[6], e[7] end
     -- Released when it reports available after having worked (dispatched/en route/on scene):
     -- a plain "available" heartbeat sent before it heard of its dispatch keeps the reservation.
     if reserved and nxt == 'available' and (prev == 'dispatched' or prev == 'en_route' or prev == 'on_scene') then
       redis.call('HDEL', live, 'reserved_by', 'reserved_ring', 'reserved_ms')
+      reserved = false
     end
+    local kind, indexed, district = h[5], h[8], h[9] or 'other'
+    local want = false
+    if kind and lat and lon and not reserved then
+      if nxt == 'available' then want = 'kf:geo:avail:' .. kind
+      elseif nxt == 'drilling' then want = 'kf:geo:drill:' .. kind end
+    end
+    if indexed and indexed ~= want then
+      redis.call('ZREM', indexed, uid)
+      if string.sub(indexed, 1, 13) == 'kf:geo:avail:' then
+        redis.call('HINCRBY', 'kf:units:avail', district .. '|' .. string.sub(indexed, 14), -1)
+      end
+    end
+    if want then
+      if want ~= indexed or e[6] then redis.call('GEOADD', want, lon, lat, uid) end
+      if want ~= indexed and string.sub(want, 1, 13) == 'kf:geo:avail:' then
+        redis.call('HINCRBY', 'kf:units:avail', district .. '|' .. kind, 1)
+      end
+      redis.call('HSET', live, 'indexed', want)
+    elseif indexed then
+      redis.call('HDEL', live, 'indexed')
+    end
+    redis.call('HSET', live, 'seq', e[3], 'status', nxt, 'at', e[5], 'seen_ms', now, 'stale', '0',
+               'recent', table.concat(kept, '\\n'))
+    if e[6] then redis.call('HSET', live, 'lat', e[6], 'lon', e[7]) end
+    if e[8] then redis.call('HSET', live, 'on_duty', e[8]) end
+    if e[9] then redis.call('HSET', live, 'incident_id', e[9])
+    elseif h[1] then redis.call('HDEL', live, 'incident_id') end
     redis.call('ZADD', 'kf:units:seen', now, uid)
-    reindex(live, uid)
     out[i] = 'ok'
   end
 end
