@@ -290,6 +290,14 @@ class Api:
 
     worker: Worker
     _geo: list[dict[str, Any]] = field(default_factory=list)
+    clock: Callable[[], datetime] = _now
+
+    def __post_init__(self) -> None:
+        # An accelerated simulation runs every worker on a faster clock (``Settings.clock``):
+        # acknowledgement times must be on the clock the escalations were raised on.
+        factory = getattr(self.worker.settings, "clock", None)
+        if callable(factory):
+            self.clock = factory()
 
     @property
     def settings(self) -> Settings:
@@ -308,7 +316,7 @@ class Api:
         kinds = ["real", "exercise"] if exercise is None else ["exercise" if exercise else "real"]
         out: list[str] = []
         for kind in kinds:
-            members: set[bytes] = await self.worker.redis.smembers(self._open_key(kind))  # type: ignore[misc]
+            members: set[bytes] = await self.worker.redis.smembers(self._open_key(kind))  # type: ignore[misc,assignment]
             out += [m.decode() for m in members]
         return out
 
@@ -316,9 +324,8 @@ class Api:
         """Stored incident documents of ``ids`` (unknown ones skipped), MGET in chunks."""
         docs: list[dict[str, Any]] = []
         for chunk in _chunks(sorted(set(ids))):
-            for raw in await self.worker.redis.mget([incident_key(i) for i in chunk]):
-                if raw is not None:
-                    docs.append(orjson.loads(raw))
+            raws = await self.worker.redis.mget([incident_key(i) for i in chunk])
+            docs.extend(orjson.loads(raw) for raw in raws if raw is not None)
         return docs
 
     async def available_by_district(self) -> dict[str, dict[str, int]]:
@@ -335,15 +342,16 @@ class Api:
     async def summary_doc(self) -> dict[str, Any]:
         """The counters of ``/api/summary`` (also pushed on the live feed as ``summary``)."""
         redis = self.worker.redis
-        incidents = {kind: int(await redis.scard(self._open_key(kind)))  # type: ignore[misc]
+        incidents = {kind: int(await redis.scard(self._open_key(kind)))  # type: ignore[misc,assignment]
                      for kind in ("real", "exercise")}
         levels = dict.fromkeys(LEVELS, 0)
-        raw_levels: list[bytes] = await redis.hvals(self._esc_open_key())  # type: ignore[misc]
+        raw_levels: list[bytes] = await redis.hvals(self._esc_open_key())  # type: ignore[misc,assignment]
         for raw in raw_levels:
             levels[raw.decode()] = levels.get(raw.decode(), 0) + 1
         available = await self.available_by_district()
-        today = _now().astimezone(CITY_TZ).date().isoformat()
-        raw_drills: dict[bytes, bytes] = await redis.hgetall(f"kf:drills:today:{today}")  # type: ignore[misc]
+        now = self.clock()
+        today = now.astimezone(CITY_TZ).date().isoformat()
+        raw_drills: dict[bytes, bytes] = await redis.hgetall(f"kf:drills:today:{today}")  # type: ignore[misc,assignment]
         outcomes = dict.fromkeys(("pass", "late", "fail", "no_answer", "aborted"), 0)
         for k, v in raw_drills.items():
             try:
@@ -352,7 +360,9 @@ class Api:
                 continue  # not a count: nothing to show
         total = sum(outcomes.values())
         return {
-            "now": _now().isoformat(),
+            "now": now.isoformat(),
+            # The console's countdowns run at this rate from "now" (1 except in simulations).
+            "time_scale": float(getattr(self.settings, "time_scale", 1.0)),
             "incidents": {**incidents, "total": sum(incidents.values())},
             "escalations": {"open": levels, "total": sum(levels.values())},
             "units": {"available": {d: sum(k.values()) for d, k in available.items()},
@@ -414,7 +424,7 @@ class Api:
             return error(400, "bad_query", str(exc))
         grid = q.get("grid") or None
         redis = self.worker.redis
-        members: set[bytes] = await redis.smembers(f"kf:units:district:{district}")  # type: ignore[misc]
+        members: set[bytes] = await redis.smembers(f"kf:units:district:{district}")  # type: ignore[misc,assignment]
         ids = sorted(m.decode() for m in members)
         regs: dict[str, dict[str, Any]] = {}
         # Without a grid filter only the page is read; with one, the district's registry is.
@@ -455,11 +465,11 @@ class Api:
     async def escalations(self, request: web.Request) -> web.Response:
         """``GET /api/escalations[?district=&grid=]``: open and recently acknowledged escalations."""
         district, grid = request.query.get("district") or None, request.query.get("grid") or None
-        raw_open: list[bytes] = await self.worker.redis.hkeys(self._esc_open_key())  # type: ignore[misc]
+        raw_open: list[bytes] = await self.worker.redis.hkeys(self._esc_open_key())  # type: ignore[misc,assignment]
         # Open incidents (real and exercise) plus incidents of unacknowledged real escalations,
         # which stay open after their incident closed until someone acknowledges them.
         ids = set(await self.open_ids()) | {incident_of_escalation(k.decode()) for k in raw_open}
-        now = _now()
+        now = self.clock()
         open_: list[dict[str, Any]] = []
         recent: list[dict[str, Any]] = []
         for doc in await self.load_docs(ids):
@@ -504,7 +514,7 @@ class Api:
         esc_id = request.match_info["id"]
         body = await read_limited(request, ACK_BODY_MAX)
         if body is None:
-            return error(413, "too_large", f"an acknowledgement body is at most {ACK_BODY_MAX} bytes")
+            return too_large(ACK_BODY_MAX)
         by: Any = None
         if body.strip():
             try:
@@ -523,7 +533,7 @@ class Api:
             event_id = "ack-" + hashlib.sha256(esc_id.encode()).hexdigest()
         event = {"event_id": event_id, "incident_id": incident_id, "kind": "escalation_acknowledged",
                  "escalation_id": esc_id, "by": by if by is not None else "console",
-                 "at": _now().isoformat(timespec="milliseconds")}
+                 "at": self.clock().isoformat(timespec="milliseconds")}
         try:
             validate("incident-update", event)
         except InvalidEvent as exc:
@@ -580,7 +590,8 @@ class Api:
             return json_response({"errors": errors, "accepted": 0}, status=400)
         topic = spec.name(self.settings)
         headers: Headers = [("content-type", b"application/json"), ("kf_via", b"http")]
-        records = [(topic, str(ev[spec.key]).encode(), raw, list(headers))
+        records: list[tuple[str, bytes | None, bytes, Headers]] = [
+            (topic, str(ev[spec.key]).encode(), raw, list(headers))
                    for ev, raw in zip(events, raws, strict=True)]
         try:
             await self.worker.send_all(records)
@@ -595,8 +606,8 @@ class Api:
 
 def too_large(limit: int) -> web.Response:
     """413, closing the connection (the rest of the body is never read)."""
-    response = error(413, "too_large", f"the request body is over the limit of {limit} bytes "
-                     "(KAIFONG_MAX_EVENT_BYTES x 100); send fewer events per request")
+    response = error(413, "too_large", f"the request body is over the limit of {limit} bytes; "
+                     "send fewer events per request (the limit is KAIFONG_MAX_EVENT_BYTES x 100)")
     response.force_close()
     return response
 

@@ -56,6 +56,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker: subprocess.Popen[bytes] | None = None
+    children: list[subprocess.Popen[bytes]] = []
     try:
         stack.start()
         env = dict(os.environ)
@@ -73,13 +74,26 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"             logs    {workdir}")
         print("The embedded mode is for development and demos; production runs on Kafka/Redpanda "
               "and Redis (README, Production). Ctrl-C stops everything.", flush=True)
+        if args.accelerate != 1.0:
+            env["KAIFONG_TIME_SCALE"] = str(args.accelerate)
+            env["KAIFONG_TIME_EPOCH"] = str(time.time())
         worker = subprocess.Popen([sys.executable, "-m", "kaifong.agents.cli", "worker", "--no-ensure-topics"],
                                   env=env, stdin=subprocess.DEVNULL,
                                   preexec_fn=_die_with_parent)  # noqa: PLW1509
+        children.append(worker)
+        if args.simulate:
+            sim_log = (workdir / "simulate.log").open("ab")
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "kaifong.agents.cli", "simulate", *args.sim_args.split()],
+                env=env, stdin=subprocess.DEVNULL, stdout=sim_log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent))  # noqa: PLW1509
+            print(f"             simulator running (log: {workdir / 'simulate.log'})", flush=True)
         while not stopping:
-            if worker.poll() is not None:
-                print(f"worker exited with {worker.returncode}", file=sys.stderr)
-                return worker.returncode or 1
+            for child in children:
+                if child.poll() is not None:
+                    print(f"{'worker' if child is worker else 'simulator'} exited with {child.returncode}",
+                          file=sys.stderr)
+                    return child.returncode or 1
             if not all(s.running() for s in stack.services):
                 print("an embedded service died; see " + str(workdir), file=sys.stderr)
                 return 1
@@ -87,13 +101,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("stopping…", flush=True)
         return 0
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(5)
+        for child in reversed(children):  # simulator first, then the worker
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(15)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait(5)
         stack.stop()
         _ = port_open  # (imported for symmetry with tests)
 
@@ -221,6 +236,50 @@ def cmd_city_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- simulate ---------------------------------------------------------------------------------
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Drive the pipeline with the generated city (real time or accelerated)."""
+    from kaifong.streams.admin import ensure_topics, wait_for_broker
+    from kaifong.streams.simulate import SimConfig, Simulator
+
+    settings = _settings()
+    if args.accelerate and args.accelerate != settings.time_scale:
+        if settings.time_scale != 1.0 and settings.time_epoch:
+            print("error: --accelerate differs from KAIFONG_TIME_SCALE of the running workers", file=sys.stderr)
+            return 2
+        # Workers must share this clock: start them with the same KAIFONG_TIME_SCALE/EPOCH
+        # (`kaifong up --accelerate N` does it for you).
+        settings = Settings.from_env(time_scale=args.accelerate, time_epoch=settings.time_epoch or time.time())
+    _logging(settings)
+    wait_for_broker(settings)
+    ensure_topics(settings)
+    config = SimConfig(seed=args.seed, units=args.units, heartbeat_interval_s=args.heartbeat_interval,
+                       heartbeat_per=args.heartbeat_per, incidents_per_hour=args.incidents_per_hour,
+                       exercise_share=args.exercise_share, duration_s=args.duration or None,
+                       publish_registry=not args.no_registry)
+    sim = Simulator(settings, config)
+    print(f"simulating {config.units:,} units, heartbeat every {config.heartbeat_interval_s:g}s per "
+          f"{config.heartbeat_per}, ~{config.incidents_per_hour:g} incidents/h, time ×{settings.time_scale:g}",
+          flush=True)
+    import asyncio
+
+    try:
+        stats = asyncio.run(sim.run(report=lambda line: print(line, flush=True)))
+    except KeyboardInterrupt:
+        return 0
+    print("done: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
+    return 0
+
+
+# -- bench ------------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure throughput and latency against the same-run baseline (see agents/bench.py)."""
+    from kaifong.agents.bench import main as bench_main
+
+    return bench_main(args.events, args.incident_rate, args.duration, args.json, args.broker_url or None,
+                      args.redis_url or None, args.units, args.open_incidents)
+
+
 # -- tail -------------------------------------------------------------------------------------
 def _summary(value: bytes | None) -> str:
     if value is None:
@@ -330,7 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "incident pipeline on Kafka.", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start the embedded broker, Redis and a worker (memory only)")
+    up = sub.add_parser("up", help="start the embedded broker, Redis and a worker (memory only)")
+    up.add_argument("--simulate", action="store_true", help="also run the simulated city (the demo)")
+    up.add_argument("--accelerate", type=float, default=1.0, help="time scale for the worker and simulator")
+    up.add_argument("--sim-args", default="", help="extra arguments for `kaifong simulate`")
     w = sub.add_parser("worker", help="run a worker against KAIFONG_BROKER_URL and KAIFONG_REDIS_URL")
     w.add_argument("--web-port", type=int, default=0, help="override KAIFONG_WEB_PORT")
     w.add_argument("--no-ensure-topics", action="store_true", help="do not create missing topics first")
@@ -347,6 +409,25 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("topics", help="each topic with partitions and end offsets")
     tp.add_argument("--create", action="store_true", help="create missing topics first")
     sub.add_parser("config", help="print every setting with its value and meaning")
+    sm = sub.add_parser("simulate", help="drive the pipeline with the generated city")
+    sm.add_argument("--accelerate", type=float, default=0.0, help="simulated seconds per real second")
+    sm.add_argument("--duration", type=float, default=0.0, help="simulated seconds to run (0 = until Ctrl-C)")
+    sm.add_argument("--seed", type=int, default=7)
+    sm.add_argument("--units", type=int, default=23_000)
+    sm.add_argument("--heartbeat-interval", type=float, default=10.0, help="simulated seconds between reports")
+    sm.add_argument("--heartbeat-per", choices=["unit", "responder"], default="unit")
+    sm.add_argument("--incidents-per-hour", type=float, default=120.0)
+    sm.add_argument("--exercise-share", type=float, default=0.05)
+    sm.add_argument("--no-registry", action="store_true", help="do not publish the registry first")
+    b = sub.add_parser("bench", help="measure kaifong against the same-run aiokafka baseline and broker floor")
+    b.add_argument("--json", default="", help="also write the results as JSON to this file")
+    b.add_argument("--events", type=int, default=200_000, help="status events for the throughput phases")
+    b.add_argument("--incident-rate", type=float, default=100.0, help="incidents per second (latency phase)")
+    b.add_argument("--duration", type=float, default=20.0, help="seconds of the latency phase")
+    b.add_argument("--units", type=int, default=23_000, help="size of the generated city")
+    b.add_argument("--open-incidents", type=int, default=10_000, help="open incidents at the RSS reading")
+    b.add_argument("--broker-url", default="", help="use this Kafka instead of an embedded broker")
+    b.add_argument("--redis-url", default="", help="use this Redis instead of an embedded one")
     units = sub.add_parser("units", help="the unit registry").add_subparsers(dest="units_command", required=True)
     ul = units.add_parser("load", help="publish a registry file (CSV or JSON lines) to units.registry.v1")
     ul.add_argument("file")
@@ -361,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"up": cmd_up, "worker": cmd_worker, "publish": cmd_publish, "tail": cmd_tail,
             "topics": cmd_topics, "config": cmd_config, "units-load": cmd_units_load,
-            "city-generate": cmd_city_generate}
+            "city-generate": cmd_city_generate, "bench": cmd_bench,
+            "simulate": cmd_simulate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,12 +106,7 @@ class Dispatcher:
     async def find(self, view: IncidentView, kinds: Iterable[str], pool: str) -> list[Candidate]:
         """Dispatchable candidates of ``kinds`` near the incident."""
         wanted = sorted(set(kinds))
-        found = await self.store.candidates(view.lat, view.lon, [(k, *SEARCH[k]) for k in wanted], pool=pool)
-        have = {c.kind for c in found}
-        wider = [(k, SEARCH[k][0] * 4, SEARCH[k][1]) for k in wanted if k not in have]
-        if wider:
-            found += await self.store.candidates(view.lat, view.lon, wider, pool=pool)
-        return found
+        return await self.store.candidates(view.lat, view.lon, [(k, *SEARCH[k]) for k in wanted], pool=pool)
 
     async def decide(self, view: IncidentView, rings: list[int], *, exclude: frozenset[str] = frozenset(),
                      attempt: int = 0) -> list[RingDecision]:

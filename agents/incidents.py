@@ -83,6 +83,8 @@ class Incidents:
     dispatcher: Dispatcher
     timers: RingClock
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    #: Whether updates were parked for an incident, learnt in the report's first round trip.
+    _early_waiting: dict[str, int] = field(default_factory=dict)
 
     # -- plumbing ----------------------------------------------------------------------------
     @property
@@ -136,10 +138,22 @@ class Incidents:
                                      clock.parse_time(body["raised_at"]), subject=body["incident_id"])
         return (self.escalation_topic, body["incident_id"].encode(), orjson.dumps(body), headers)
 
-    async def commit(self, doc: dict[str, Any], records: list[Record]) -> dict[str, Any]:
-        """Store the change with its outbox, send the outbox, clear it (the outbox pattern)."""
+    async def commit(self, doc: dict[str, Any], records: list[Record],
+                     timers: list[tuple[str, int]] | None = None, open_escalations: dict[str, str] | None = None
+                     ) -> dict[str, Any]:
+        """Store the change with its outbox (and its timers), send the outbox, clear it.
+
+        The outbox pattern: the change and what it must publish are written together; a crash
+        before the outbox is cleared re-sends it on the next touch of the incident.
+        """
         doc = {**doc, "outbox": _pack(records)}
-        await self.save(doc)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(incident_key(doc["state"]["incident_id"]), orjson.dumps(doc))
+        if timers:
+            pipe.zadd(self.timers.due_key(int(doc["partition"])), dict(timers))
+        if open_escalations:
+            pipe.hset(self._esc_open_key(), mapping=dict(open_escalations))  # type: ignore[arg-type]
+        await pipe.execute()
         if records:
             await self.send_all(records)
             doc = {**doc, "outbox": []}
@@ -177,14 +191,21 @@ class Incidents:
         self._unlock(incident_id)
         if fresh is not None:
             metrics.DECISION.observe(time.perf_counter() - t0)
-            age = time.time() - clock.parse_time(fresh["state"]["reported_at"]).timestamp()
+            age = (self.clock() - clock.parse_time(fresh["state"]["reported_at"])).total_seconds()
             if age >= 0:
                 metrics.REPORTED_TO_ASSIGNMENT.labels(self._exercise(fresh["state"])).observe(age)
-        await self.apply_early(incident_id)
+        if self._early_waiting.pop(incident_id, 1):
+            await self.apply_early(incident_id)
 
     async def _on_reported(self, report: dict[str, Any]) -> dict[str, Any] | None:
         incident_id = report["incident_id"]
-        doc = await self.load(incident_id)
+        # One round trip for everything the decision may need to know first.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(incident_key(incident_id))
+        pipe.smembers(f"kf:inc:{incident_id}:units")
+        pipe.exists(early_key(incident_id))
+        raw_doc, held_raw, self._early_waiting[incident_id] = await pipe.execute()
+        doc = None if raw_doc is None else orjson.loads(raw_doc)
         if doc is not None:
             await self.flush_outbox(doc)  # replay: finish what was interrupted, decide nothing new
             if doc.get("assignments") is not None:
@@ -198,10 +219,13 @@ class Incidents:
                    "partition": self._partition(), "outbox": []}
             # SET NX: the first report wins; a second report of the same incident under another
             # event_id (two callers) does not open it twice.
-            if not await self.redis.set(incident_key(incident_id), orjson.dumps(doc), nx=True):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(incident_key(incident_id), orjson.dumps(doc), nx=True)
+            pipe.sadd(self._open_key(state["exercise"]), incident_id)
+            created, _ = await pipe.execute()
+            if not created:
                 return None
-            await self.redis.sadd(self._open_key(state["exercise"]), incident_id)
-        held = await self.store.held_by(incident_id)
+        held = {m.decode() for m in held_raw}
         if held:  # reserved by a decision that was interrupted before it was stored
             await self.store.release(incident_id, held)
         view = view_of(doc["report"])
@@ -224,13 +248,10 @@ class Incidents:
                   for r in state["rings"] if r["state"] == "pending"]
         timers += [(member("n", incident_id, e["escalation_id"]), _ms(now) + self._renotify_ms())
                    for e in escalations]
-        await self.timers.schedule(doc["partition"], timers)
-        for e in escalations:
-            if not e["exercise"]:
-                await self.redis.hset(self._esc_open_key(), e["escalation_id"], e["level"])
         records = ([self.assignment_record(b) for b in bodies] + [self.escalation_record(e) for e in escalations]
                    + [self.state_record(state)])
-        doc = await self.commit(doc, records)
+        doc = await self.commit(doc, records, timers,
+                                {e["escalation_id"]: e["level"] for e in escalations if not e["exercise"]})
         self._count_decision(doc, escalations)
         return doc
 

@@ -17,8 +17,9 @@ pool ``avail`` for real incidents, ``drill`` for units taking part in an exercis
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ import redis.asyncio as aioredis
 from kaifong.agents.matching import Candidate
 
 KINDS = ("post", "unit", "grid_team", "street_force", "professional")
+REGISTRY_CACHE_S = 30.0
 
 # Shared Lua: put a unit in exactly the one geo set it belongs to (or none).
 _REINDEX = """
@@ -71,7 +73,8 @@ _ILLEGAL_LUA = "local ILLEGAL = {" + ", ".join(
 ) + "}\n"
 
 # One call per batch (the firehose path): ARGV[1] = now_ms, ARGV[2] = JSON array of
-# [event_id, unit_id, seq, status, at, lat|false, lon|false, on_duty|false, incident|false].
+# [event_id, unit_id, seq, status, at, lat|false, lon|false, on_duty|false, incident|false]
+# (seq, lat and lon as strings: compared with what the hash holds, never reformatted).
 # Returns one code per event: ok | dup | stale:<seq> | illegal:<prev>.
 # Duplicates are recognised by the unit's last 8 event ids (kept on its live hash), so the
 # firehose needs no per-event dedupe keys: memory stays bounded by the number of units.
@@ -84,7 +87,7 @@ for i, e in ipairs(events) do
   local live = 'kf:unit:' .. uid .. ':live'
   -- One read of everything this update needs (the reindex below is inlined for the same reason).
   local h = redis.call('HMGET', live, 'seq', 'status', 'reserved_by', 'recent', 'kind', 'lat', 'lon',
-                       'indexed', 'district')
+                       'indexed', 'district', 'incident_id')
   local cur, prev, reserved, recent = h[1], h[2], h[3], h[4] or ''
   if string.find('\\n' .. recent .. '\\n', '\\n' .. eid .. '\\n', 1, true) then
     out[i] = 'dup'
@@ -99,8 +102,14 @@ for i, e in ipairs(events) do
     for id in string.gmatch(recent, '[^\\n]+') do
       if #kept < 8 then table.insert(kept, id) end
     end
-    local lat, lon = h[6], h[7]
-    if e[6] then lat, lon = e[6], e[7] end
+    local fields = {'seq', e[3], 'status', nxt, 'at', e[5], 'seen_ms', now, 'stale', '0',
+                    'recent', table.concat(kept, '\\n')}
+    local lat, lon, moved = h[6], h[7], false
+    if e[6] and (e[6] ~= lat or e[7] ~= lon) then
+      lat, lon, moved = e[6], e[7], true
+      table.insert(fields, 'lat'); table.insert(fields, lat)
+      table.insert(fields, 'lon'); table.insert(fields, lon)
+    end
     -- Released when it reports available after having worked (dispatched/en route/on scene):
     -- a plain "available" heartbeat sent before it heard of its dispatch keeps the reservation.
     if reserved and nxt == 'available' and (prev == 'dispatched' or prev == 'en_route' or prev == 'on_scene') then
@@ -120,20 +129,24 @@ for i, e in ipairs(events) do
       end
     end
     if want then
-      if want ~= indexed or e[6] then redis.call('GEOADD', want, lon, lat, uid) end
-      if want ~= indexed and string.sub(want, 1, 13) == 'kf:geo:avail:' then
-        redis.call('HINCRBY', 'kf:units:avail', district .. '|' .. kind, 1)
+      -- A heartbeat from the same spot changes nothing in the index: no GEOADD.
+      if want ~= indexed or moved then redis.call('GEOADD', want, lon, lat, uid) end
+      if want ~= indexed then
+        if string.sub(want, 1, 13) == 'kf:geo:avail:' then
+          redis.call('HINCRBY', 'kf:units:avail', district .. '|' .. kind, 1)
+        end
+        table.insert(fields, 'indexed'); table.insert(fields, want)
       end
-      redis.call('HSET', live, 'indexed', want)
     elseif indexed then
       redis.call('HDEL', live, 'indexed')
     end
-    redis.call('HSET', live, 'seq', e[3], 'status', nxt, 'at', e[5], 'seen_ms', now, 'stale', '0',
-               'recent', table.concat(kept, '\\n'))
-    if e[6] then redis.call('HSET', live, 'lat', e[6], 'lon', e[7]) end
-    if e[8] then redis.call('HSET', live, 'on_duty', e[8]) end
-    if e[9] then redis.call('HSET', live, 'incident_id', e[9])
-    elseif h[1] then redis.call('HDEL', live, 'incident_id') end
+    if e[8] then table.insert(fields, 'on_duty'); table.insert(fields, e[8]) end
+    if e[9] then
+      table.insert(fields, 'incident_id'); table.insert(fields, e[9])
+    elseif h[10] then
+      redis.call('HDEL', live, 'incident_id')
+    end
+    redis.call('HSET', live, unpack(fields))
     redis.call('ZADD', 'kf:units:seen', now, uid)
     out[i] = 'ok'
   end
@@ -208,8 +221,27 @@ end
 return #ids
 """
 
-SCRIPTS = {"status": STATUS_LUA, "registry": REGISTRY_LUA, "reserve": RESERVE_LUA, "release": RELEASE_LUA,
-           "sweep": SWEEP_LUA}
+# ARGV: pool, lon, lat, then (kind, radius_m, count) triples. One round trip for every kind's
+# search, widening ×4 for a kind that found nobody. Returns flat {uid, lon, lat, …}.
+CANDIDATES_LUA = """
+local out = {}
+for i = 4, #ARGV, 3 do
+  local key = 'kf:geo:' .. ARGV[1] .. ':' .. ARGV[i]
+  local rows = redis.call('GEOSEARCH', key, 'FROMLONLAT', ARGV[2], ARGV[3], 'BYRADIUS', ARGV[i + 1], 'm',
+                          'ASC', 'COUNT', ARGV[i + 2], 'WITHCOORD')
+  if #rows == 0 then
+    rows = redis.call('GEOSEARCH', key, 'FROMLONLAT', ARGV[2], ARGV[3], 'BYRADIUS', tonumber(ARGV[i + 1]) * 4,
+                      'm', 'ASC', 'COUNT', ARGV[i + 2], 'WITHCOORD')
+  end
+  for _, r in ipairs(rows) do
+    table.insert(out, r[1]); table.insert(out, r[2][1]); table.insert(out, r[2][2])
+  end
+end
+return out
+"""
+
+SCRIPTS = {"status": STATUS_LUA, "candidates": CANDIDATES_LUA, "registry": REGISTRY_LUA, "reserve": RESERVE_LUA,
+           "release": RELEASE_LUA, "sweep": SWEEP_LUA}
 
 
 def live_key(unit_id: str) -> str:
@@ -234,6 +266,9 @@ class UnitStore:
     redis: aioredis.Redis
     stale_after_s: float = 60.0
     _sha: dict[str, str] | None = None
+    #: Parsed registry entries of recently seen candidates (the registry changes rarely; its
+    #: dispatch attributes may lag an update by at most REGISTRY_CACHE_S).
+    _registry_cache: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     async def load_scripts(self) -> dict[str, str]:
         """Load (or reload after a Redis restart) every script; return name → sha."""
@@ -287,29 +322,36 @@ class UnitStore:
                          *, pool: str) -> list[Candidate]:
         """Dispatchable units near a point: ``searches`` is ``[(kind, radius_m, count)]``.
 
-        One pipeline of GEOSEARCHes (small radii keep Redis' own cost low), then one MGET of
-        the registry entries of every hit.
+        One script call runs every kind's GEOSEARCH (small radii keep Redis' own cost low; a
+        kind that finds nobody is searched 4× wider), then one MGET fetches the registry
+        entries not already cached.
         """
-        pipe = self.redis.pipeline(transaction=False)
+        args: list[Any] = [pool, lon, lat]
         for kind, radius, count in searches:
-            pipe.geosearch(geo_key(pool, kind), longitude=lon, latitude=lat, radius=radius, unit="m",
-                           sort="ASC", count=count, withcoord=True)
-        results = await pipe.execute()
-        hits: list[tuple[str, float, float]] = []
-        for rows in results:
-            for name, (hlon, hlat) in rows:
-                hits.append((name.decode() if isinstance(name, bytes) else name, hlat, hlon))
+            args += [kind, radius, count]
+        flat = await self._eval("candidates", (), args)
+        hits = [(flat[i].decode(), float(flat[i + 2]), float(flat[i + 1])) for i in range(0, len(flat), 3)]
         if not hits:
             return []
-        regs = await self.redis.mget([registry_key(uid) for uid, _, _ in hits])
+        now = time.monotonic()
+        missing = [uid for uid, _, _ in hits if (c := self._registry_cache.get(uid)) is None or c[0] < now]
+        if missing:
+            for uid, raw in zip(missing, await self.redis.mget([registry_key(u) for u in missing]), strict=True):
+                if raw is None:
+                    self._registry_cache.pop(uid, None)
+                    continue  # in the index but its registry entry is gone: not dispatchable
+                reg = orjson.loads(raw)
+                self._registry_cache[uid] = (now + REGISTRY_CACHE_S, reg["kind"], reg["responders"],
+                                             frozenset(reg["equipment"]), reg["district"], reg["grid"],
+                                             reg["venue"]["id"])
         out = []
-        for (uid, hlat, hlon), raw in zip(hits, regs, strict=True):
-            if raw is None:
-                continue  # in the index but its registry entry is gone: not dispatchable
-            reg = orjson.loads(raw)
-            out.append(Candidate(unit_id=uid, kind=reg["kind"], lat=hlat, lon=hlon, responders=reg["responders"],
-                                 equipment=frozenset(reg["equipment"]), district=reg["district"], grid=reg["grid"],
-                                 venue_id=reg["venue"]["id"]))
+        for uid, hlat, hlon in hits:
+            cached = self._registry_cache.get(uid)
+            if cached is None:
+                continue
+            _, kind, responders, equipment, district, grid, venue_id = cached
+            out.append(Candidate(unit_id=uid, kind=kind, lat=hlat, lon=hlon, responders=responders,
+                                 equipment=equipment, district=district, grid=grid, venue_id=venue_id))
         return out
 
     async def available_counts(self) -> dict[tuple[str, str], int]:

@@ -1,22 +1,105 @@
-"""kaifong.agents.web — the worker's HTTP surface: /health, /ready, /metrics.
+"""kaifong.agents.web — the worker's HTTP surface: probes, metrics, the API, the live feed, the console.
 
-Layer: agents. Served by Faust's web server on ``KAIFONG_WEB_PORT``.
+Layer: agents. Served by Faust's web server (aiohttp) on ``KAIFONG_WEB_PORT``:
+
+- ``/health``, ``/ready`` — probes, never behind the token;
+- ``/metrics`` — Prometheus, behind the token when the port is reachable beyond loopback;
+- ``/api/*`` — :mod:`kaifong.agents.api`; ``/api/stream`` — :mod:`kaifong.agents.live`;
+- ``/`` and ``/static/{name}`` — the command-centre console (plain HTML/CSS/JS, no build step).
+
+One aiohttp middleware (:meth:`kaifong.agents.api.Guard.middleware`) guards and counts every
+route, Faust's views included.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web as aioweb
 from faust import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kaifong.agents import api, live
+from kaifong.streams import metrics
 
 if TYPE_CHECKING:
     from kaifong.agents.worker import Worker
 
+#: The console's files and their content types (nothing else is served from static/).
+STATIC_TYPES = {
+    "index.html": "text/html",
+    "console.js": "text/javascript",
+    "console.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
+
+
+class Console:
+    """The console's static files, read once when the worker starts (they are small)."""
+
+    def __init__(self, guard: api.Guard) -> None:
+        self.guard = guard
+        folder = resources.files("kaifong.agents").joinpath("static")
+        self.files = {name: folder.joinpath(name).read_bytes() for name in STATIC_TYPES}
+        self.etags = {name: '"' + hashlib.sha256(body).hexdigest()[:32] + '"' for name, body in self.files.items()}
+
+    def _file(self, request: aioweb.Request, name: str) -> aioweb.Response:
+        if request.headers.get("If-None-Match") == self.etags[name]:
+            return aioweb.Response(status=304, headers={"ETag": self.etags[name]})
+        # no-cache: revalidate each load (ETag), so a restarted worker's console is never stale.
+        return aioweb.Response(body=self.files[name], content_type=STATIC_TYPES[name], charset="utf-8",
+                               headers={"ETag": self.etags[name], "Cache-Control": "no-cache"})
+
+    async def index(self, request: aioweb.Request) -> aioweb.Response:
+        """``GET /``: the console. Opened with a valid ``?token=``, it also sets the read-only
+        console cookie, so that the page's scripts and its EventSource (which cannot send an
+        ``Authorization`` header) are let in when the port is reachable beyond loopback."""
+        response = self._file(request, "index.html")
+        if self.guard.token_matches(request.query.get("token")):
+            response.set_cookie(api.CONSOLE_COOKIE, self.guard.console_cookie, httponly=True, samesite="Strict",
+                                secure=request.secure, path="/")
+        return response
+
+    async def asset(self, request: aioweb.Request) -> aioweb.Response:
+        """``GET /static/{name}``: one of the console's files."""
+        name = request.match_info["name"]
+        if name not in self.files or name == "index.html":
+            raise aioweb.HTTPNotFound
+        return self._file(request, name)
+
+    async def favicon(self, request: aioweb.Request) -> aioweb.Response:
+        """``GET /favicon.ico``: browsers ask for it whatever the page links."""
+        return self._file(request, "favicon.svg")
+
+
+def _drop_production_index(app: Any) -> None:
+    """Faust mounts its production index (``{"status": "OK"}``) at "/" when the worker starts
+    unless the stats page is on; the console takes "/", so that blueprint is removed before
+    it is applied (it only ever served that constant)."""
+    enabled = getattr(app.web.blueprints, "_enabled", None)
+    if isinstance(enabled, list):
+        enabled[:] = [(prefix, bp) for prefix, bp in enabled if "production_index" not in str(bp)]
+
 
 def register(app: Any, worker: Worker) -> None:
-    """Add the operational endpoints to ``app``."""
+    """Add every HTTP endpoint to ``app`` and start the live feed with it.
+
+    Raises :class:`kaifong.agents.api.InsecureConfig` when the port would be reachable beyond
+    loopback without a token (the worker refuses to start rather than serve an open API).
+    """
+    guard = api.Guard.from_settings(worker.settings)
+    web_app: aioweb.Application = app.web.web_app
+    _drop_production_index(app)
+    web_app.middlewares.append(guard.middleware())
+    web_app.on_response_prepare.append(api.security_headers)
+
+    console = Console(guard)
+    web_app.router.add_get("/", console.index)
+    web_app.router.add_get("/static/{name}", console.asset)
+    web_app.router.add_get("/favicon.ico", console.favicon)
 
     @app.page("/health")
     async def health(self: web.View, request: web.Request) -> web.Response:
@@ -32,3 +115,8 @@ def register(app: Any, worker: Worker) -> None:
     @app.page("/metrics")
     async def metrics_view(self: web.View, request: web.Request) -> web.Response:
         return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    handlers = api.register(web_app, worker)
+    live.register(web_app, app, worker.settings, handlers.summary_doc)
+    for route in ("/", "/static/{name}", "/favicon.ico", "/metrics", "/api/stream", api.UNMATCHED):
+        metrics.HTTP_UNAUTHORIZED.labels(route)

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -34,8 +33,6 @@ from kaifong.streams.topics import DRILLS_RESPONSES, INCIDENTS_REPORTED, INCIDEN
 log = logging.getLogger(__name__)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Worker:
@@ -43,6 +40,7 @@ class Worker:
 
     def __init__(self, settings: Settings, *, process_start: float | None = None) -> None:
         self.settings = settings
+        _now = self.clock = settings.clock()
         self.started_monotonic = time.monotonic()
         # Start-to-ready is measured from the process start when the CLI passes it in.
         self.process_start = process_start if process_start is not None else time.time()
@@ -73,16 +71,20 @@ class Worker:
         app = self.app
         pipeline = self.pipeline
 
-        def intake_agent(spec: TopicSpec, handler: Any, name: str) -> None:
+        def intake_agent(spec: TopicSpec, handler: Any, name: str, concurrency: int = 1) -> None:
             async def agent(stream: Any) -> None:
                 async for event in stream.events():
                     await pipeline.process(spec, event.message, handler, name)
 
             agent.__name__ = name
             agent.__qualname__ = name
-            app.agent(self._raw_topic(spec), name=name)(agent)
+            app.agent(self._raw_topic(spec), name=name, concurrency=concurrency)(agent)
 
-        intake_agent(INCIDENTS_REPORTED, self.incidents.on_reported, "incidents_reported")
+        # Reports are independent of each other (one per incident, serialised per incident by
+        # a lock): several run at once so a burst does not queue behind Redis round trips.
+        # Updates keep their order (concurrency 1): "resolved" must not overtake "on_scene".
+        intake_agent(INCIDENTS_REPORTED, self.incidents.on_reported, "incidents_reported",
+                     concurrency=self.settings.report_concurrency)
         intake_agent(INCIDENTS_UPDATES, self.incidents.on_update, "incidents_updates")
         intake_agent(DRILLS_RESPONSES, self.drills.on_response, "drills_responses")
 
@@ -101,7 +103,7 @@ class Worker:
             # Idempotent on every worker: a unit silent for longer than the limit leaves the
             # geo index until it speaks again.
             swept = await self.pipeline.retrying(
-                "sweep", lambda: self.store.sweep_stale(int(_now().timestamp() * 1000)))
+                "sweep", lambda: self.store.sweep_stale(int(self.clock().timestamp() * 1000)))
             if swept:
                 metrics.UNITS_STALE.inc(swept)
                 log.info("%d units marked unavailable: heartbeats stopped", swept)
@@ -146,7 +148,7 @@ class Worker:
                         log.warning("partition %d: %d timers were in flight with its previous owner; "
                                     "firing them now", p, adopted)
                 owned_before = owned
-                now_ms = int(_now().timestamp() * 1000)
+                now_ms = int(self.clock().timestamp() * 1000)
                 for p in sorted(owned):
                     claimed = await self.timers.claim(p, now_ms)
                     if claimed:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -104,6 +106,9 @@ class Settings:
     producer_acks: str = _opt("KAIFONG_PRODUCER_ACKS", "all", "Producer acks: all, 1 or 0.")
     status_batch_max: int = _opt("KAIFONG_STATUS_BATCH_MAX", 2000,
                                  "Largest batch the unit-status firehose processes at once.")
+    report_concurrency: int = _opt("KAIFONG_REPORT_CONCURRENCY", 4,
+                                   "Incident reports handled at once per worker (each incident is still "
+                                   "serialised; a burst does not queue behind one report's round trips).")
     unit_stale_after_s: float = _opt("KAIFONG_UNIT_STALE_AFTER_S", 60.0,
                                      "A unit whose status/heartbeats stop for longer is treated as "
                                      "unavailable until it speaks again.")
@@ -124,6 +129,12 @@ class Settings:
                                       "is held before it is dead-lettered.")
     clock_tick_s: float = _opt("KAIFONG_CLOCK_TICK_S", 0.1,
                                "How often each worker fires the ring deadlines that are due.")
+    time_scale: float = _opt("KAIFONG_TIME_SCALE", 1.0,
+                             "Accelerated simulation: the worker's clock runs this many times faster than "
+                             "the wall clock from KAIFONG_TIME_EPOCH (1 = real time; never in production).")
+    time_epoch: float = _opt("KAIFONG_TIME_EPOCH", 0.0,
+                             "Unix time at which the accelerated clock equals the wall clock (shared by the "
+                             "simulator and every worker of an accelerated run).")
     log_level: str = _opt("KAIFONG_LOG_LEVEL", "info", "Log level: debug, info, warning, error.")
     api_token: str = _opt("KAIFONG_API_TOKEN", "",
                           "Bearer token for HTTP writes (and for everything when the web port "
@@ -167,6 +178,17 @@ class Settings:
         if out["api_token"]:
             out["api_token"] = "***"  # noqa: S105 - the mask, not a secret
         return out
+
+    def clock(self) -> Callable[[], datetime]:
+        """The clock every component is given: wall time, or the accelerated simulation time."""
+        scale, epoch = self.time_scale, self.time_epoch
+        if scale == 1.0:
+            return lambda: datetime.now(UTC)
+
+        def accelerated() -> datetime:
+            return datetime.fromtimestamp(epoch + (time.time() - epoch) * scale, UTC)
+
+        return accelerated
 
     def district_labels(self) -> tuple[str, ...]:
         """The bounded set of district label values (configured districts plus ``other``)."""

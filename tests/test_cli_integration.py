@@ -105,7 +105,7 @@ def test_up_publish_tail_topics_and_clean_stop(tmp_path: Path) -> None:
         assert lines["kaifong.incidents.reported.v1"][1] == "4"
         assert lines["kaifong.incidents.reported.v1"][2] == "1"  # one message
         assert lines["kaifong.incidents.updates.v1"][2] == "1"
-        assert lines["kaifong.incidents.state.v1"][2] in {"1", "2"}
+        assert int(lines["kaifong.incidents.state.v1"][2]) >= 2  # opened, acknowledged (+ any breaches)
 
         children = descendants(up.pid)
         assert len(children) >= 3  # broker, redis, worker

@@ -28,7 +28,8 @@ def units(tag: str) -> list[dict[str, Any]]:
         out.append({"event_id": f"{tag}-reg-{i}", "unit_id": f"{tag}-u{i:02d}", "kind": kind, "name": f"u{i}",
                     "district": "越秀区", "police_grid": "PG1", "grid": f"G{i % 3}",
                     "venue": {"id": f"{tag}-V{i % 20}", "type": "mall"},
-                    "home": {"lat": CENTRE[0] + rng.uniform(-0.003, 0.003), "lon": CENTRE[1] + rng.uniform(-0.003, 0.003)},
+                    "home": {"lat": CENTRE[0] + rng.uniform(-0.003, 0.003),
+                             "lon": CENTRE[1] + rng.uniform(-0.003, 0.003)},
                     "responders": 6, "equipment": ["shield", "extinguisher", "aed"][: 1 + i % 3]})
     return out
 
@@ -77,14 +78,12 @@ def test_two_workers_200_incidents_50_units_then_replay(new_settings, start_work
     assert sum(r.zcard(f"kf:geo:avail:{k}") for k in set(KINDS)) == 50
 
     rng = random.Random(11)
-    incidents = []
-    for i in range(200):
-        incidents.append({"event_id": f"{tag}-e{i}", "incident_id": f"{tag}-i{i:03d}", "category": rng.choice(
-            ["fire", "violence", "medical", "crowd"]), "severity": rng.randint(1, 4),
-            "reported_at": datetime.now(UTC).isoformat(),
-            "location": {"lat": CENTRE[0] + rng.uniform(-0.002, 0.002), "lon": CENTRE[1] + rng.uniform(-0.002, 0.002)},
-            "district": "越秀区", "grid": f"G{i % 3}", "venue_id": f"{tag}-V{i % 20}", "source": "video",
-            "exercise": False})
+    incidents = [{"event_id": f"{tag}-e{i}", "incident_id": f"{tag}-i{i:03d}", "category": rng.choice(
+        ["fire", "violence", "medical", "crowd"]), "severity": rng.randint(1, 4),
+        "reported_at": datetime.now(UTC).isoformat(),
+        "location": {"lat": CENTRE[0] + rng.uniform(-0.002, 0.002), "lon": CENTRE[1] + rng.uniform(-0.002, 0.002)},
+        "district": "越秀区", "grid": f"G{i % 3}", "venue_id": f"{tag}-V{i % 20}", "source": "video",
+        "exercise": False} for i in range(200)]
     for inc in incidents:  # all at once
         producer.send(p + "incidents.reported.v1", key=inc["incident_id"].encode(), value=orjson.dumps(inc))
     producer.flush()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,7 +33,10 @@ class Harness:
                                  early_update_hold_s=30)
         self.redis = connect(self.settings)
         self.sent: list[tuple[str, dict[str, Any], dict[str, str]]] = []
-        clock: Callable[[], datetime] = lambda: self.now
+
+        def clock() -> datetime:
+            return self.now
+
         store = UnitStore(self.redis, 1e9)
         self.timers = RingClock(self.redis, self.settings.topic_prefix)
         self.inc = Incidents(self.settings, self.redis, self.send_all, clock, store,
