@@ -53,6 +53,21 @@ def parse_rings(text: str) -> tuple[Ring, ...]:
     return tuple(rings)
 
 
+def _mask_url_password(url: str) -> str:
+    """``url`` with the password of its userinfo replaced by ``***``.
+
+    >>> _mask_url_password("rediss://kaifong:s3cret@redis:6380/0")
+    'rediss://kaifong:***@redis:6380/0'
+    """
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if not sep or not at or not colon:
+        return url
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
+
+
 def _opt(env: str, default: _T, doc: str) -> _T:
     # Typed as the default's type so each field keeps its annotation's type under mypy.
     result: _T = field(default=default, metadata={"env": env, "doc": doc})
@@ -135,6 +150,24 @@ class Settings:
     time_epoch: float = _opt("KAIFONG_TIME_EPOCH", 0.0,
                              "Unix time at which the accelerated clock equals the wall clock (shared by the "
                              "simulator and every worker of an accelerated run).")
+    kafka_security_protocol: str = _opt("KAIFONG_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
+                                        "Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL "
+                                        "(production: SASL_SSL). Applies to every Kafka client kaifong builds.")
+    kafka_sasl_mechanism: str = _opt("KAIFONG_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512",
+                                     "SASL mechanism when the protocol is SASL_*: SCRAM-SHA-256, SCRAM-SHA-512 "
+                                     "or PLAIN (PLAIN only over SASL_SSL).")
+    kafka_sasl_username: str = _opt("KAIFONG_KAFKA_SASL_USERNAME", "", "SASL user name.")
+    kafka_sasl_password: str = _opt("KAIFONG_KAFKA_SASL_PASSWORD", "",
+                                    "SASL password. Secret: never logged (masked by `kaifong config`).")
+    kafka_ssl_cafile: str = _opt("KAIFONG_KAFKA_SSL_CAFILE", "",
+                                 "PEM file of the CA(s) that sign the brokers' certificates; empty = the "
+                                 "system trust store. Hostnames are always verified.")
+    kafka_ssl_certfile: str = _opt("KAIFONG_KAFKA_SSL_CERTFILE", "",
+                                   "PEM client certificate for mutual TLS (with KAIFONG_KAFKA_SSL_KEYFILE).")
+    kafka_ssl_keyfile: str = _opt("KAIFONG_KAFKA_SSL_KEYFILE", "", "PEM private key of the client certificate.")
+    redis_ssl_cafile: str = _opt("KAIFONG_REDIS_SSL_CAFILE", "",
+                                 "PEM CA file for a `rediss://` KAIFONG_REDIS_URL (TLS); empty = the system "
+                                 "trust store. Redis AUTH rides in the URL: `rediss://user:password@host:port/0`.")
     log_level: str = _opt("KAIFONG_LOG_LEVEL", "info", "Log level: debug, info, warning, error.")
     api_token: str = _opt("KAIFONG_API_TOKEN", "",
                           "Bearer token for HTTP writes (and for everything when the web port "
@@ -175,8 +208,11 @@ class Settings:
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked (safe to log or print)."""
         out = dataclasses.asdict(self)
-        if out["api_token"]:
-            out["api_token"] = "***"  # noqa: S105 - the mask, not a secret
+        for secret in ("api_token", "kafka_sasl_password"):
+            if out[secret]:
+                out[secret] = "***"
+        for url in ("broker_url", "redis_url"):  # a password in a URL's userinfo
+            out[url] = _mask_url_password(out[url])
         return out
 
     def clock(self) -> Callable[[], datetime]:

@@ -69,7 +69,8 @@ class SimConfig:
     exercise_share: float = 0.05
     no_show_share: float = 0.08  # assigned units that never arrive
     drill_no_answer_share: float = 0.05
-    duration_s: float | None = None  # simulated seconds; None = until stopped
+    duration_s: float | None = None  # simulated seconds of new incidents; None = until stopped
+    drain_s: float = 0.0  # then this long with no new incidents: units still answer and resolve
     publish_registry: bool = True
     status_linger_ms: int = 1000
 
@@ -369,7 +370,8 @@ class Simulator:
         try:
             if self.config.publish_registry:
                 await self.publish_registry()
-            tasks = [asyncio.ensure_future(t) for t in (self.heartbeats(stop), self.incidents(stop),
+            no_more_incidents = asyncio.Event()
+            tasks = [asyncio.ensure_future(t) for t in (self.heartbeats(stop), self.incidents(no_more_incidents),
                                                         self.listen(stop), self.timeline(stop))]
             last_report = time.monotonic()
             while True:
@@ -383,7 +385,10 @@ class Simulator:
                     last_report = time.monotonic()
                     report(f"sim {elapsed / 60:7.1f} min: " + ", ".join(f"{k}={v}" for k, v in self.stats.items()))
                 if self.config.duration_s is not None and elapsed >= self.config.duration_s:
-                    break
+                    no_more_incidents.set()
+                    if elapsed >= self.config.duration_s + self.config.drain_s:
+                        break
+            no_more_incidents.set()
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:

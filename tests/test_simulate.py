@@ -1,0 +1,61 @@
+"""Issue 8, must-show 2: one simulated hour at 60× on a generated city — every incident ends resolved
+or escalated, no ring is left pending, and the state topic agrees with the worker's metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import Counter
+
+import orjson
+import pytest
+from kafka import KafkaConsumer
+
+from kaifong.streams.simulate import SimConfig, Simulator
+
+pytestmark = pytest.mark.integration
+
+
+def test_one_simulated_hour_at_60x(new_settings, start_worker) -> None:
+    epoch = time.time()
+    settings = new_settings(time_scale=60.0, time_epoch=epoch, clock_tick_s=0.02, unit_stale_after_s=1800,
+                            escalation_renotify_s=600)
+    worker = start_worker(settings)
+    config = SimConfig(seed=11, units=1500, heartbeat_interval_s=600, incidents_per_hour=90, duration_s=3600,
+                       drain_s=1500)  # then 25 simulated minutes: every ring's deadline (≤ 20 min) passes
+    sim = Simulator(dataclasses.replace(settings), config)
+    stats = asyncio.run(sim.run())
+    assert stats["incidents"] >= 40, stats
+    assert stats["resolved"] > 0 and stats["statuses"] > 0
+
+    # Read every state change; keep the last version of each incident.
+    consumer = KafkaConsumer(settings.topic_prefix + "incidents.state.v1", bootstrap_servers=settings.bootstrap_servers,
+                             auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=50,
+                             consumer_timeout_ms=3000)
+    final: dict[str, dict] = {}
+    for rec in consumer:
+        st = orjson.loads(rec.value)
+        if st["version"] >= final.get(st["incident_id"], {}).get("version", -1):
+            final[st["incident_id"]] = st
+    consumer.close()
+    assert len(final) == stats["incidents"], "every reported incident has a state"
+
+    pending = [(i, r["ring"]) for i, st in final.items() for r in st["rings"] if r["state"] == "pending"]
+    assert not pending, f"rings left pending: {pending[:5]}"
+    unfinished = [i for i, st in final.items() if st["status"] not in ("resolved", "cancelled")
+                  and st["escalation_level"] is None]
+    assert not unfinished, f"neither resolved nor escalated: {unfinished[:5]}"
+
+    # The state topic agrees with the metrics (real incidents; exercises in their own series).
+    for exercise in (False, True):
+        label = "true" if exercise else "false"
+        from_states = Counter(r["state"] for st in final.values() if st["exercise"] is exercise for r in st["rings"])
+        assert worker.metric("kaifong_ring_outcomes_total", outcome="met", exercise=label) == from_states["met"]
+        assert worker.metric("kaifong_ring_outcomes_total", outcome="breached", exercise=label) \
+            == from_states["breached"]
+    opened = sum(1 for st in final.values() if st["status"] not in ("resolved", "cancelled"))
+    assert worker.metric("kaifong_incidents_open") == opened
+    assert worker.alive()
+    print(f"\n{stats}; final states {Counter(st['status'] for st in final.values())}; "
+          f"rings {Counter(r['state'] for st in final.values() for r in st['rings'])}")
