@@ -27,7 +27,7 @@ from redis.exceptions import NoScriptError
 from kaifong.agents.intake import INFRA_ERRORS, dedupe_key
 from kaifong.agents.unitstore import UnitStore, live_key, registry_key
 from kaifong.schemas.validation import InvalidEvent, parse
-from kaifong.streams import metrics
+from kaifong.streams import metrics, security
 from kaifong.streams.codec import dead_letter
 from kaifong.streams.settings import Settings
 from kaifong.streams.topics import UNITS_REGISTRY, UNITS_STATUS
@@ -74,10 +74,12 @@ class UnitsIntake:
             heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000), max_partition_fetch_bytes=8 << 20,
             fetch_max_bytes=32 << 20,
             group_instance_id=f"{s.instance_id}-units" if s.instance_id else None,
+            **security.aiokafka_kwargs(s),
         )
         producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, linger_ms=20,
                                     acks=-1 if s.producer_acks == "all" else int(s.producer_acks),
-                                    max_request_size=4 << 20, client_id=f"{s.app_id}-units-dl")
+                                    max_request_size=4 << 20, client_id=f"{s.app_id}-units-dl",
+                                    **security.aiokafka_kwargs(s))
         consumer.subscribe(list(self.topics()), listener=_Assigned(self))
         await producer.start()
         await consumer.start()

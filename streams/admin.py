@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from kaifong.streams import security
 from kaifong.streams.settings import Settings
 from kaifong.streams.topics import CATALOGUE, TopicSpec
 
@@ -26,7 +27,8 @@ def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
     while time.monotonic() < deadline:
         try:
             admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
-                                     request_timeout_ms=3000, client_id="kaifong-admin")
+                                     request_timeout_ms=3000, client_id="kaifong-admin",
+                                     **security.kafka_python_kwargs(settings))
             admin.close()
             return
         except (KafkaError, OSError) as exc:
@@ -41,7 +43,8 @@ def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATALOGUE) 
     An existing topic with a different partition count is an error: keys would move between
     partitions and the one-key-one-owner rule would break.
     """
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="kaifong-admin")
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="kaifong-admin",
+                             **security.kafka_python_kwargs(settings))
     try:
         result: dict[str, str] = {}
         for spec in specs:
@@ -103,7 +106,8 @@ def describe(settings: Settings, names: list[str] | None = None) -> list[Partiti
     """Partitions and offsets of ``names`` (default: the whole catalogue)."""
     names = names or [spec.name(settings) for spec in CATALOGUE]
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                             client_id="kaifong-topics", fetch_max_wait_ms=50)
+                             client_id="kaifong-topics", fetch_max_wait_ms=50,
+                             **security.kafka_python_kwargs(settings))
     try:
         parts = [TopicPartition(name, p) for name in names for p in sorted(consumer.partitions_for_topic(name) or ())]
         if not parts:

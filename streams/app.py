@@ -12,6 +12,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 
+from kaifong.streams import security
 from kaifong.streams.settings import Settings
 
 
@@ -92,6 +93,7 @@ def create_app(settings: Settings, **overrides: Any) -> KaifongApp:
         "consumer_group_instance_id": settings.instance_id or None,
         "logging_config": None,
     }
+    conf.update(security.faust_conf(settings))  # TLS/SASL of the worker's consumer and producer
     conf.update(overrides)
     app = KaifongApp(settings.app_id, **conf)
     app.conf.kaifong_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]

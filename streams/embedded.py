@@ -139,14 +139,20 @@ def tansu(port: int, workdir: Path) -> Service:
     )
 
 
-def valkey(port: int, workdir: Path) -> Service:
-    """An embedded Valkey on ``127.0.0.1:port``, no persistence."""
+def valkey(port: int, workdir: Path, *, appendonly: bool = False) -> Service:
+    """An embedded Valkey on ``127.0.0.1:port``; no persistence unless ``appendonly``.
+
+    ``appendonly=True`` turns on the append-only file with an fsync per write
+    (``--appendonly yes --appendfsync always``) in ``workdir/valkey``: a Valkey restarted on the
+    same ``workdir`` comes back with every acknowledged write (fault tests restart it).
+    """
     data = workdir / "valkey"
     data.mkdir(parents=True, exist_ok=True)
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if appendonly else ["--appendonly", "no"]
     return Service(
         "redis (Valkey)",
         [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(data), "--protected-mode", "yes"],
+         *persistence, "--dir", str(data), "--protected-mode", "yes"],
         port, workdir / "valkey.log",
     )
 

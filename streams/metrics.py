@@ -149,3 +149,11 @@ def init_labels(settings: Settings) -> None:
 def district_label(settings: Settings, district: str | None) -> str:
     """A district as a bounded label value: a configured district, else ``other``."""
     return district if district and district in settings.district_labels() else "other"
+
+
+# -- broker data loss (agents.brokerwatch) ----------------------------------------------------------------
+BROKER_DATA_LOSS = Gauge("kaifong_broker_data_loss", "1 once this worker saw the broker lose data (an end "
+                         "offset went backwards, a topic or partitions vanished: the embedded broker keeps "
+                         "everything in memory). Stays 1 until the worker restarts; page on it.")
+BROKER_REACHABLE = Gauge("kaifong_broker_reachable", "Watchdog: 1 when the last metadata/offsets request "
+                         "to the broker succeeded.")

@@ -15,6 +15,7 @@ import orjson
 from kafka import KafkaProducer
 
 from kaifong.schemas.validation import InvalidEvent, validate
+from kaifong.streams import security
 from kaifong.streams.settings import Settings
 from kaifong.streams.topics import INPUT_BY_EVENT_TYPE
 
@@ -29,7 +30,8 @@ class Publisher:
         self.settings = settings
         config: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers, "acks": "all",
                                   "linger_ms": 20, "client_id": "kaifong-publisher",
-                                  "max_request_size": 4 * 1024 * 1024, "retries": 5}
+                                  "max_request_size": 4 * 1024 * 1024, "retries": 5,
+                                  **security.kafka_python_kwargs(settings)}
         config.update(producer_config)
         self.producer = KafkaProducer(**config)
 
