@@ -4,10 +4,11 @@ and every due deadline fired exactly once. The rebalance pause is measured and p
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import UTC, datetime
 
 import orjson
@@ -110,7 +111,7 @@ def test_three_workers_kill_one_add_one(new_settings, start_worker) -> None:
 
     # The rebalance pause: the longest stretch without any assignment after the kill.
     times = sorted(ts / 1000 for ts, _ in first)
-    after_kill = [b - a for a, b in zip(times, times[1:], strict=False) if b > events["killed"]]
+    after_kill = [b - a for a, b in itertools.pairwise(times) if b > events["killed"]]
     pause = max(after_kill) if after_kill else 0.0
     lateness = sorted((datetime.fromisoformat(e["raised_at"]) - datetime.fromisoformat(e["deadline_at"]))
                       .total_seconds() for e in escalations)
