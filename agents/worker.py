@@ -15,7 +15,7 @@ from typing import Any
 
 import faust
 
-from kaifong.agents import web
+from kaifong.agents import brokerwatch, watchdog, web
 from kaifong.agents.dispatch import Dispatcher
 from kaifong.agents.drills import Drills
 from kaifong.agents.incidents import Incidents
@@ -124,6 +124,9 @@ class Worker:
         app.on_rebalance_complete.connect(on_assigned)  # type: ignore[arg-type]
 
         web.register(app, self)
+        if self.settings.watchdog_interval_s > 0:
+            watchdog.register(app, self.settings)
+        brokerwatch.register(app, self)  # broker data loss: detect, report, recreate topics
 
     def owned_partitions(self) -> set[int]:
         """Partitions of the incident topics this worker owns right now (co-partitioned)."""

@@ -74,6 +74,16 @@ def _opt(env: str, default: _T, doc: str) -> _T:
     return result
 
 
+def _parse_bool(raw: str) -> bool:
+    # bool("false") is True: a flag needs its own parser.
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a kaifong process can be told, each field with its variable and meaning."""
@@ -168,6 +178,31 @@ class Settings:
     redis_ssl_cafile: str = _opt("KAIFONG_REDIS_SSL_CAFILE", "",
                                  "PEM CA file for a `rediss://` KAIFONG_REDIS_URL (TLS); empty = the system "
                                  "trust store. Redis AUTH rides in the URL: `rediss://user:password@host:port/0`.")
+    watchdog_interval_s: float = _opt("KAIFONG_WATCHDOG_INTERVAL_S", 60.0,
+                                      "How often the broker watchdog times a fetch of the newest record of "
+                                      "every partition (0 = off).")
+    drills_per_day: int = _opt("KAIFONG_DRILLS_PER_DAY", 705,
+                               "Pull-test drills the scheduler issues a day (the programme: 705 for 23,000 units).")
+    drill_coverage_days: int = _opt("KAIFONG_DRILL_COVERAGE_DAYS", 35,
+                                    "Every unit is drilled at least once in this many days (needs "
+                                    "KAIFONG_DRILLS_PER_DAY x days >= units).")
+    drill_hours: str = _opt("KAIFONG_DRILL_HOURS", "8-20",
+                            "Local hours (UTC+8) scheduled drills are issued in, `start-end`, e.g. 8-20.")
+    drill_ack_target_s: float = _opt("KAIFONG_DRILL_ACK_TARGET_S", 60.0,
+                                     "A drilled unit must acknowledge within this many seconds to pass (no "
+                                     "acknowledgement within 3x this is no_answer).")
+    drill_muster_target_s: float = _opt("KAIFONG_DRILL_MUSTER_TARGET_S", 180.0,
+                                        "A drilled unit must muster its responders within this many seconds to "
+                                        "pass (no muster within 3x this is fail).")
+    drill_seed: int = _opt("KAIFONG_DRILL_SEED", 0,
+                           "Seed of the daily drill draw (the same seed, registry and history give the same "
+                           "plan); 0 = random each day.")
+    drills_enabled: bool = _opt("KAIFONG_DRILLS_ENABLED", True,
+                                "Run the drill scheduler (one worker at a time holds the lease and issues the "
+                                "day's drills); manual drills and scoring work either way.")
+    drill_spread_s: float = _opt("KAIFONG_DRILL_SPREAD_S", 0.0,
+                                 "Tests and demos: squeeze a newly planned day of drills into this many seconds "
+                                 "from planning (0 = spread over KAIFONG_DRILL_HOURS; never in production).")
     log_level: str = _opt("KAIFONG_LOG_LEVEL", "info", "Log level: debug, info, warning, error.")
     api_token: str = _opt("KAIFONG_API_TOKEN", "",
                           "Bearer token for HTTP writes (and for everything when the web port "
@@ -188,7 +223,7 @@ class Settings:
                 continue
             kind: Any = type(f.default)
             try:
-                values[f.name] = kind(raw)
+                values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError:
                 raise ValueError(f"{f.metadata['env']}={raw!r}: expected {kind.__name__}") from None
         values.update(overrides)
