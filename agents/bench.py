@@ -240,7 +240,7 @@ class Bench:
         await self.produce_all(src, records)
         consumer = AIOKafkaConsumer(src, bootstrap_servers=self.settings.bootstrap_servers,
                                     group_id=f"{self.settings.app_id}-baseline", auto_offset_reset="earliest",
-                                    enable_auto_commit=False, fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+                                    enable_auto_commit=False, fetch_max_wait_ms=self.settings.firehose_fetch_wait_ms,
                                     max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
         producer = await self.producer(linger_ms=20)
         await consumer.start()

@@ -161,7 +161,7 @@ class LiveFeed:
         s = self.settings
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False,
-            client_id=f"{s.app_id}-live", fetch_max_wait_ms=s.fetch_max_wait_ms,
+            client_id=f"{s.app_id}-live", fetch_max_wait_ms=s.firehose_fetch_wait_ms,
             max_partition_fetch_bytes=8 << 20)
         await consumer.start()
         try:

@@ -69,7 +69,7 @@ class UnitsIntake:
         s = self.settings
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers, group_id=f"{s.app_id}-units", client_id=f"{s.app_id}-units",
-            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=s.fetch_max_wait_ms,
+            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=s.firehose_fetch_wait_ms,
             max_poll_records=s.status_batch_max, session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000), max_partition_fetch_bytes=8 << 20,
             fetch_max_bytes=32 << 20,
