@@ -80,6 +80,7 @@ class UnitsIntake:
                                     acks=-1 if s.producer_acks == "all" else int(s.producer_acks),
                                     max_request_size=4 << 20, client_id=f"{s.app_id}-units-dl",
                                     **security.aiokafka_kwargs(s))
+        self.consumer = consumer
         consumer.subscribe(list(self.topics()), listener=_Assigned(self))
         await producer.start()
         await consumer.start()
@@ -100,6 +101,19 @@ class UnitsIntake:
             applier.cancel()
             await consumer.stop()
             await producer.stop()
+
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Messages behind the end of each partition this consumer owns."""
+        consumer = getattr(self, "consumer", None)
+        out: dict[tuple[str, int], int] = {}
+        if consumer is None:
+            return out
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                # The embedded broker can report a high-water mark below the truth: clamp at 0.
+                out[(tp.topic, tp.partition)] = max(0, high - await consumer.position(tp))
+        return out
 
     async def _apply_stage(self, queue: asyncio.Queue[Prepared | None], consumer: AIOKafkaConsumer,
                            producer: AIOKafkaProducer) -> None:

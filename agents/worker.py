@@ -54,7 +54,7 @@ class Worker:
         self.timers = RingClock(self.redis, settings.topic_prefix)
         self.incidents = Incidents(settings, self.redis, self.send_all, _now, self.store, self.dispatcher,
                                    self.timers)
-        self.drills = Drills(self.redis)
+        self.drills = Drills(settings, self.redis, self.send_all, _now, self.owned_partitions, self.is_ready)
         self.units = UnitsIntake(settings, self.redis, self.store, _now)
         self._faust_assigned = asyncio.Event()
         metrics.init_labels(settings)
@@ -93,6 +93,11 @@ class Worker:
         @app.task
         async def ring_clock() -> None:
             await self.clock_loop()
+
+        @app.task
+        async def drill_clock() -> None:
+            # Drill decision timers (every worker, owned partitions) and the scheduler (lease holder).
+            await self.drills.run()
 
         @app.timer(interval=5.0)
         async def sample_gauges() -> None:
@@ -173,6 +178,21 @@ class Worker:
             log.exception("ring clock: timer %s failed", timer.split("|", maxsplit=1)[0])
         await self.timers.done(partition, timer)
 
+    async def sample_lag(self) -> None:
+        """Consumer lag of every input partition this worker owns (Faust's and the firehose's)."""
+        lag = await self.units.lag()
+        try:
+            consumer = self.app.consumer
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                pos = await consumer.position(tp)
+                if high is not None and pos is not None:
+                    lag[(tp.topic, tp.partition)] = max(0, high - pos)
+        except Exception as exc:  # noqa: BLE001 - not started or rebalancing: report what we have
+            log.debug("consumer lag unavailable this round (%s)", type(exc).__name__)
+        for (topic, partition), n in lag.items():
+            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(n)
+
     async def sample_gauges(self) -> None:
         """Refresh gauges computed from Redis (shared state: every worker reports the same
         city-wide value for the shared ones; dashboards take max, not sum)."""
@@ -187,6 +207,7 @@ class Worker:
         for name, n in levels.items():
             metrics.ESCALATIONS_OPEN.labels(name).set(n)
         metrics.CLOCKS_PENDING.set(await self.timers.pending(self.owned_partitions()))
+        await self.sample_lag()
         known = set(self.settings.district_labels())
         totals: dict[tuple[str, str], int] = {}
         for (district, kind), n in (await self.store.available_counts()).items():
