@@ -8,6 +8,8 @@ shared Redis, so any worker answers for the whole city:
   ``/api/geo``, ``/api/summary`` — the live picture for command centres;
 - ``POST /api/escalations/{id}/ack`` — acknowledge an escalation (an ``incident-update`` on the
   updates topic; the incident's owner applies it like any other update);
+- ``POST /api/drills``, ``GET /api/drills``, ``GET /api/drills/rates`` — order a manual pull test,
+  the day's drills, pass rates (the logic is :mod:`kaifong.agents.drills`'s);
 - ``POST /api/events/{type}`` (or ``?type=``) — HTTP ingest for upstream systems that cannot
   speak Kafka: the same contracts as the topics, all-or-nothing per request.
 
@@ -577,10 +579,17 @@ class Api:
         if isinstance(top, list):
             if not top:
                 errors.append({"index": 0, "error_class": "empty", "reasons": ["the array holds no events"]})
-            raws = [orjson.dumps(item) for item in top]
+            for i, item in enumerate(top):
+                try:
+                    raws.append(orjson.dumps(item))
+                except orjson.JSONEncodeError:  # nested deeper than orjson writes (255 levels)
+                    errors.append({"index": i, "error_class": "not_json", "reasons": ["nested too deeply"]})
+                    raws.append(b"")
         else:
             raws = [body]  # a single event is checked as the very bytes that will be sent
         for i, raw in enumerate(raws):
+            if not raw and isinstance(top, list):
+                continue  # refused above
             try:
                 events.append(parse(spec.event_type, raw, max_bytes=self.settings.max_event_bytes))
             except InvalidEvent as exc:
@@ -601,7 +610,27 @@ class Api:
                          "safe (events are deduplicated by event_id)")
         log.info("http ingest: %d %s events accepted", len(records), event_type)
         return json_response({"accepted": len(records), "topic": topic,
-                              "ids": [ev["event_id"] for ev in events]}, status=202)
+                              "ids": [ev.get("event_id") for ev in events]}, status=202)
+
+    # -- handlers: drills (the logic lives in kaifong.agents.drills) --------------------------
+    async def order_drill(self, request: web.Request) -> web.Response:
+        """``POST /api/drills``: order a manual pull test (``{"unit_id"|"grid"|"district": …,
+        "channel": "radio"|"video"}``); 202 with the issued drill, 400/404/409 with reasons."""
+        body = await read_limited(request, ACK_BODY_MAX)
+        if body is None:
+            return too_large(ACK_BODY_MAX)
+        status, doc = await self.worker.drills.order(body)
+        return json_response(doc, status=status)
+
+    async def drills(self, request: web.Request) -> web.Response:
+        """``GET /api/drills[?date=YYYY-MM-DD]``: the day's drills and outcome counts."""
+        status, doc = await self.worker.drills.listing(request.query.get("date"))
+        return json_response(doc, status=status)
+
+    async def drill_rates(self, request: web.Request) -> web.Response:
+        """``GET /api/drills/rates?by=district|grid``: drill pass rates per group."""
+        status, doc = await self.worker.drills.rates(request.query.get("by"))
+        return json_response(doc, status=status)
 
 
 def too_large(limit: int) -> web.Response:
@@ -635,6 +664,9 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/api/summary", "summary"),
     ("POST", "/api/events", "ingest"),
     ("POST", "/api/events/{type}", "ingest"),
+    ("POST", "/api/drills", "order_drill"),
+    ("GET", "/api/drills", "drills"),
+    ("GET", "/api/drills/rates", "drill_rates"),
 )
 
 

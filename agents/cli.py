@@ -1,4 +1,4 @@
-"""kaifong.agents.cli — the ``kaifong`` command: up, worker, publish, tail, topics, config.
+"""kaifong.agents.cli — the ``kaifong`` command: up, worker, publish, tail, topics, config, drill.
 
 Layer: top (it wires the worker). Run ``kaifong --help`` or ``kaifong config`` for every
 setting and its ``KAIFONG_*`` variable.
@@ -280,6 +280,70 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       args.redis_url or None, args.units, args.open_incidents)
 
 
+# -- drill ------------------------------------------------------------------------------------
+def cmd_drill(args: argparse.Namespace) -> int:
+    """Order a manual pull test through a worker's API (``POST /api/drills``)."""
+    import urllib.error
+    import urllib.request
+
+    settings = _settings()
+    host = settings.web_host if settings.web_host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    base = args.url or f"http://{host}:{settings.web_port}"
+    if not base.startswith(("http://", "https://")):
+        print(f"error: --url must be an http(s) URL, got {base!r}", file=sys.stderr)
+        return 2
+    target = {"unit_id": args.unit} if args.unit else {"grid": args.grid} if args.grid else {"district": args.district}
+    request = urllib.request.Request(base.rstrip("/") + "/api/drills", method="POST",  # noqa: S310 - http(s) only
+                                     data=orjson.dumps({**target, "channel": args.channel}),
+                                     headers={"Content-Type": "application/json"})
+    if settings.api_token:
+        request.add_header("Authorization", f"Bearer {settings.api_token}")
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310 - our own worker's URL
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except OSError as exc:
+        print(f"error: cannot reach the worker at {base}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = {"error": "not_json", "message": body[:200].decode("utf-8", "replace")}
+    if status == 202:
+        for drill in doc.get("drills", []):
+            print(f"drill {drill['drill_id']} issued to unit {drill['unit_id']} ({drill['channel']}, "
+                  f"{drill.get('district', '?')} {drill.get('grid', '?')}) at {drill['issued_at']}")
+        return 0
+    print(f"error: {status} {doc.get('error', '')}: {doc.get('message', '')}", file=sys.stderr)
+    for reason in doc.get("reasons", []):
+        print(f"  - {reason}", file=sys.stderr)
+    return 1
+
+
+# -- report -----------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write an after-action report for a time range: HTML, PDF, figures.json and CSV files."""
+    from kaifong.agents.report import ReportError, Window, generate, load_rings, parse_when
+
+    settings = _settings()
+    try:
+        window = Window(parse_when(args.start), parse_when(args.end), args.district or None)
+        what_if = load_rings(Path(args.rings)) if args.rings else None
+        started = time.monotonic()
+        result = generate(settings, window, Path(args.out), what_if=what_if, pdf=not args.no_pdf)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    incidents = result.figures["incidents"]
+    print(f"report {window.start.isoformat()} → {window.end.isoformat()}: {incidents['real']} incidents, "
+          f"{incidents['exercise']} exercises, {result.figures['sources']['records_read']} records read "
+          f"in {time.monotonic() - started:.1f}s")
+    for path in result.files:
+        print(f"  {path}")
+    return 0
+
+
 # -- tail -------------------------------------------------------------------------------------
 def _summary(value: bytes | None) -> str:
     if value is None:
@@ -428,6 +492,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--open-incidents", type=int, default=10_000, help="open incidents at the RSS reading")
     b.add_argument("--broker-url", default="", help="use this Kafka instead of an embedded broker")
     b.add_argument("--redis-url", default="", help="use this Redis instead of an embedded one")
+    dr = sub.add_parser("drill", help="order a manual pull test through the worker's API")
+    dt = dr.add_mutually_exclusive_group(required=True)
+    dt.add_argument("--unit", help="drill this unit")
+    dt.add_argument("--grid", help="drill one random eligible unit of this grid")
+    dt.add_argument("--district", help="drill one random eligible unit of this district")
+    dr.add_argument("--channel", choices=["radio", "video"], default="radio")
+    dr.add_argument("--url", default="", help="worker base URL (default: KAIFONG_WEB_HOST:KAIFONG_WEB_PORT)")
+    rp = sub.add_parser("report", help="after-action report for a time range: HTML, PDF, figures.json, CSV")
+    rp.add_argument("--from", dest="start", required=True,
+                    help="start (inclusive): RFC 3339 time, or a date YYYY-MM-DD (local midnight, UTC+8)")
+    rp.add_argument("--to", dest="end", required=True, help="end (exclusive), same forms as --from")
+    rp.add_argument("--rings", default="", help="what-if ring table file: JSON or `name:seconds,…` text")
+    rp.add_argument("--district", default="", help="only this district (e.g. 天河区)")
+    rp.add_argument("--out", required=True, help="output directory")
+    rp.add_argument("--no-pdf", action="store_true", help="skip report.pdf (no chromium needed)")
     units = sub.add_parser("units", help="the unit registry").add_subparsers(dest="units_command", required=True)
     ul = units.add_parser("load", help="publish a registry file (CSV or JSON lines) to units.registry.v1")
     ul.add_argument("file")
@@ -443,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"up": cmd_up, "worker": cmd_worker, "publish": cmd_publish, "tail": cmd_tail,
             "topics": cmd_topics, "config": cmd_config, "units-load": cmd_units_load,
             "city-generate": cmd_city_generate, "bench": cmd_bench,
-            "simulate": cmd_simulate}
+            "simulate": cmd_simulate, "drill": cmd_drill, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,6 +82,9 @@ class Incidents:
     store: UnitStore
     dispatcher: Dispatcher
     timers: RingClock
+    #: Called with the units of every fresh dispatch (the drill scheduler aborts their open
+    #: drills at once: a drilled unit stays fully available for real incidents).
+    on_dispatched: Callable[[list[str]], Awaitable[None]] | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     #: Whether updates were parked for an incident, learnt in the report's first round trip.
     _early_waiting: dict[str, int] = field(default_factory=dict)
@@ -252,6 +255,8 @@ class Incidents:
                    + [self.state_record(state)])
         doc = await self.commit(doc, records, timers,
                                 {e["escalation_id"]: e["level"] for e in escalations if not e["exercise"]})
+        if self.on_dispatched is not None:
+            await self.on_dispatched([u["unit_id"] for b in bodies for u in b["units"]])
         self._count_decision(doc, escalations)
         return doc
 
@@ -438,6 +443,8 @@ class Incidents:
         await self.commit(doc, [self.escalation_record(esc), *[self.assignment_record(b) for b in bodies],
                                 self.state_record(state)])
         self._count_escalation(esc)
+        if self.on_dispatched is not None:
+            await self.on_dispatched([u["unit_id"] for b in bodies for u in b["units"]])
         for b in bodies:
             outcome = "no_candidate" if not b["units"] else "shortfall" if b.get("shortfall") else "ok"
             metrics.ASSIGNMENTS.labels(str(ring), outcome, exercise).inc()

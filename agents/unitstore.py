@@ -30,6 +30,12 @@ from kaifong.agents.matching import Candidate
 KINDS = ("post", "unit", "grid_team", "street_force", "professional")
 REGISTRY_CACHE_S = 30.0
 
+#: Redis' geo index holds latitudes within ±85.05112878° (Web Mercator) only. A unit reporting from
+#: beyond (a valid WGS-84 position, e.g. ±90) is kept but not indexed (not dispatchable by
+#: distance), and an incident there finds no candidates, instead of a script error that would
+#: stop the firehose on every replay of that event.
+GEO_LAT_MAX = 85.05112878
+
 # Shared Lua: put a unit in exactly the one geo set it belongs to (or none).
 _REINDEX = """
 local function reindex(live, uid)
@@ -37,7 +43,7 @@ local function reindex(live, uid)
   local kind, status, reserved, lat, lon, stale, indexed = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
   local district = h[8] or 'other'
   local want = false
-  if kind and lat and lon and stale ~= '1' and not reserved then
+  if kind and lat and lon and stale ~= '1' and not reserved and math.abs(tonumber(lat)) <= 85.05112878 then
     if status == 'available' then want = 'kf:geo:avail:' .. kind
     elseif status == 'drilling' then want = 'kf:geo:drill:' .. kind end
   end
@@ -118,7 +124,7 @@ for i, e in ipairs(events) do
     end
     local kind, indexed, district = h[5], h[8], h[9] or 'other'
     local want = false
-    if kind and lat and lon and not reserved then
+    if kind and lat and lon and not reserved and math.abs(tonumber(lat)) <= 85.05112878 then
       if nxt == 'available' then want = 'kf:geo:avail:' .. kind
       elseif nxt == 'drilling' then want = 'kf:geo:drill:' .. kind end
     end
@@ -326,6 +332,8 @@ class UnitStore:
         kind that finds nobody is searched 4× wider), then one MGET fetches the registry
         entries not already cached.
         """
+        if not abs(lat) <= GEO_LAT_MAX:
+            return []  # beyond what the geo index can search (see GEO_LAT_MAX)
         args: list[Any] = [pool, lon, lat]
         for kind, radius, count in searches:
             args += [kind, radius, count]

@@ -15,7 +15,7 @@ from typing import Any
 
 import faust
 
-from kaifong.agents import brokerwatch, watchdog, web
+from kaifong.agents import brokerwatch, report, watchdog, web
 from kaifong.agents.dispatch import Dispatcher
 from kaifong.agents.drills import Drills
 from kaifong.agents.incidents import Incidents
@@ -55,6 +55,7 @@ class Worker:
         self.incidents = Incidents(settings, self.redis, self.send_all, _now, self.store, self.dispatcher,
                                    self.timers)
         self.drills = Drills(settings, self.redis, self.send_all, _now, self.owned_partitions, self.is_ready)
+        self.incidents.on_dispatched = self.drills.abort_for_units
         self.units = UnitsIntake(settings, self.redis, self.store, _now)
         self._faust_assigned = asyncio.Event()
         metrics.init_labels(settings)
@@ -98,6 +99,13 @@ class Worker:
         async def drill_clock() -> None:
             # Drill decision timers (every worker, owned partitions) and the scheduler (lease holder).
             await self.drills.run()
+
+        @app.crontab(report.report_cron(self.settings), timezone=report.CITY_TZ)
+        async def daily_after_action_report() -> None:
+            # The drill scheduler's lease holder writes yesterday's report; a Redis claim per day
+            # makes it once a day even across a change of leader.
+            if self.drills.leader:
+                await report.daily_report_once(self.settings, report.yesterday(self.settings))
 
         @app.timer(interval=5.0)
         async def sample_gauges() -> None:

@@ -8,7 +8,9 @@ complete without costing valid traffic anything.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +40,15 @@ EVENT_TYPES: tuple[str, ...] = (
 #: Fields holding RFC 3339 times, checked beyond the schema's pattern (e.g. month 13).
 _TIME_FIELDS = ("reported_at", "at", "issued_at", "decided_at", "raised_at", "deadline_at",
                 "updated_at", "received_at")
+
+#: Reasons collected per refused event: enough to fix it, and a hostile event (60,000 bad array
+#: items) costs milliseconds instead of seconds of the reference validator.
+MAX_REASONS = 20
+
+#: The schemas' time pattern. RFC 3339 allows a lower-case "t"/"z" and (for readability) a space
+#: between date and time, and so do the published schemas; Python and the compiled format check
+#: want "T" and "Z", so :func:`validate` rewrites such times to that canonical form.
+_TIME_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 
 # jsonschema keyword → our stable error class (the dead-letter ``error_class``).
 _KEYWORD_CLASS = {
@@ -109,7 +120,8 @@ def explain(name: str, data: Any) -> list[tuple[str, str]]:
     Slow (the reference interpreter); used only after the compiled check has failed.
     """
     out: list[tuple[str, str]] = []
-    for err in sorted(contract(name).reference.iter_errors(data), key=lambda e: list(e.absolute_path)):
+    errors = itertools.islice(contract(name).reference.iter_errors(data), MAX_REASONS)
+    for err in sorted(errors, key=lambda e: list(e.absolute_path)):
         field = str(err.absolute_path[-1]) if err.absolute_path else ""
         cls = _KEYWORD_CLASS.get(str(err.validator), "schema")
         if field in _TIME_FIELDS and err.validator in ("pattern", "format", "maxLength"):
@@ -123,6 +135,15 @@ def explain(name: str, data: Any) -> list[tuple[str, str]]:
             message = message[:300] + "…"
         out.append((cls, f"{_path(err)}: {message}"))
     return out
+
+
+def _canonical_times(data: dict[str, Any]) -> None:
+    # "2026-11-29t08:00:00z" / "2026-11-29 08:00:00Z" → "2026-11-29T08:00:00Z" (see _TIME_SHAPE).
+    for field in _TIME_FIELDS:
+        value = data.get(field)
+        if (isinstance(value, str) and len(value) <= 40 and (value[10:11] != "T" or value[-1:] == "z")
+                and _TIME_SHAPE.fullmatch(value)):
+            data[field] = value[:10] + "T" + value[11:-1] + ("Z" if value[-1] == "z" else value[-1])
 
 
 def _check_times(data: dict[str, Any]) -> list[str]:
@@ -143,20 +164,27 @@ def _check_times(data: dict[str, Any]) -> list[str]:
 def validate(name: str, data: Any) -> dict[str, Any]:
     """Validate an already-parsed event; return it or raise :class:`InvalidEvent`.
 
+    Times written with a lower-case "t"/"z" or a space separator (RFC 3339 allows them) are
+    rewritten in ``data`` to the canonical "T"/"Z" form first.
+
     >>> validate("incident-update", {"event_id": "e1", "incident_id": "i1",
     ...          "kind": "acknowledged", "at": "2026-11-29T08:00:00+08:00"})["kind"]
     'acknowledged'
     """
     if not isinstance(data, dict):
         raise InvalidEvent("not_object", [f"expected a JSON object, got {type(data).__name__}"])
+    _canonical_times(data)
     try:
         contract(name).check(data)
     except fastjsonschema.JsonSchemaException:
         # The reference validator skips `format` without optional packages, so a time the
         # compiled check refused on format alone is re-checked here.
-        found = explain(name, data) or [("bad_time", r) for r in _check_times(data)] or [
-            ("schema", "rejected by the schema")
-        ]
+        try:
+            found = explain(name, data) or [("bad_time", r) for r in _check_times(data)] or [
+                ("schema", "rejected by the schema")
+            ]
+        except RecursionError:  # a value nested ~1,000 deep (orjson parses up to 1,024)
+            found = [("not_json", "a value is nested too deeply")]
         raise InvalidEvent(found[0][0], [reason for _, reason in found]) from None
     bad_times = _check_times(data)
     if bad_times:

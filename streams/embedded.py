@@ -165,6 +165,8 @@ class EmbeddedStack:
     redis_port: int | None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kaifong-")))
     services: list[Service] = field(default_factory=list)
+    #: Valkey with an append-only file (fsync per write), so a restarted Valkey keeps its data.
+    redis_appendonly: bool = False
 
     @property
     def broker_url(self) -> str:
@@ -181,7 +183,7 @@ class EmbeddedStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         wanted = [tansu(self.broker_port, self.workdir)]
         if self.redis_port is not None:
-            wanted.append(valkey(self.redis_port, self.workdir))
+            wanted.append(valkey(self.redis_port, self.workdir, appendonly=self.redis_appendonly))
         try:
             for service in wanted:
                 service.start()

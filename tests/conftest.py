@@ -106,7 +106,10 @@ def make_settings(stack: EmbeddedStack, **overrides: object) -> Settings:
     base = {"broker_url": stack.broker_url,
             "redis_url": f"redis://127.0.0.1:{stack.redis_port}/{next(_db_numbers) % 16}",
             "topic_prefix": f"t{tag}.", "app_id": f"kf-{tag}", "web_port": free_port(),
-            "partitions": 4}
+            "partitions": 4,
+            # The drill scheduler is tested on its own (test_drills_integration): elsewhere it
+            # would issue drills into other tests' traffic.
+            "drills_enabled": False}
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
 

@@ -13,6 +13,8 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 
+from kaifong.agents.drills import drill_key
+
 pytestmark = pytest.mark.integration
 
 T0 = "2026-11-29T14:00:00+08:00"
@@ -88,6 +90,13 @@ def test_thousand_valid_hundred_invalid(new_settings, start_worker) -> None:
     # 10 duplicates: the same event_id again (dropped and counted, not dead-lettered).
     duplicates = [valid[i] for i in range(0, 1000, 100)]
 
+    # The 50 drill answers answer drills that exist (an answer to an unknown drill is refused).
+    seed = redis.Redis.from_url(settings.redis_url)
+    for i in range(50):
+        record = {"drill_id": f"{tag}-drill-{i}", "unit_id": f"{tag}-unit-{i}", "channel": "radio",
+                  "issued_at": "2026-11-29T13:59:00+08:00", "expected_headcount": 8, "reason": "manual"}
+        seed.hset(drill_key(record["drill_id"]), mapping={
+            "doc": orjson.dumps({"record": record, "partition": 0, "day": "2026-11-29"}), "issued_sent": "1"})
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=4 * 1024 * 1024,
                              linger_ms=5, acks="all")
     sent_invalid: dict[tuple[int, int, str], str] = {}  # (partition, offset, topic) → expected class
