@@ -39,6 +39,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from kaifong.agents.clock import initial_rings
+from kaifong.streams import security
 from kaifong.streams.admin import ensure_topics, wait_for_broker
 from kaifong.streams.city import generate
 from kaifong.streams.embedded import EmbeddedStack, free_port
@@ -193,7 +194,8 @@ class Bench:
 
     async def producer(self, linger_ms: int = 50) -> AIOKafkaProducer:
         p = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, linger_ms=linger_ms,
-                             max_batch_size=1 << 20, acks=1, max_request_size=4 << 20)
+                             max_batch_size=1 << 20, acks=1, max_request_size=4 << 20,
+                             **security.aiokafka_kwargs(self.settings))
         await p.start()
         return p
 
@@ -241,7 +243,8 @@ class Bench:
         consumer = AIOKafkaConsumer(src, bootstrap_servers=self.settings.bootstrap_servers,
                                     group_id=f"{self.settings.app_id}-baseline", auto_offset_reset="earliest",
                                     enable_auto_commit=False, fetch_max_wait_ms=self.settings.firehose_fetch_wait_ms,
-                                    max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20)
+                                    max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
+                                    **security.aiokafka_kwargs(self.settings))
         producer = await self.producer(linger_ms=20)
         await consumer.start()
         forwarded = 0
@@ -274,7 +277,8 @@ class Bench:
         """Produce → consume latency of the broker alone (p50, p99 in ms)."""
         topic = self.topic("bench.floor")
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.settings.bootstrap_servers,
-                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms, auto_offset_reset="latest")
+                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms, auto_offset_reset="latest",
+                                    **security.aiokafka_kwargs(self.settings))
         await consumer.start()
         await consumer.seek_to_end()
         producer = await self.producer(linger_ms=self.settings.producer_linger_ms)
@@ -312,7 +316,8 @@ class Bench:
         tag = uuid.uuid4().hex[:6]
         consumer = AIOKafkaConsumer(self.topic("dispatch.assignments.v1"),
                                     bootstrap_servers=self.settings.bootstrap_servers,
-                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms, auto_offset_reset="latest")
+                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms, auto_offset_reset="latest",
+                                    **security.aiokafka_kwargs(self.settings))
         await consumer.start()
         await consumer.seek_to_end()
         incidents = await self.producer(linger_ms=0)
@@ -404,7 +409,8 @@ class Bench:
         tag = uuid.uuid4().hex[:6]
         consumer = AIOKafkaConsumer(self.topic("incidents.escalations.v1"),
                                     bootstrap_servers=self.settings.bootstrap_servers,
-                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms, auto_offset_reset="latest")
+                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms, auto_offset_reset="latest",
+                                    **security.aiokafka_kwargs(self.settings))
         await consumer.start()
         await consumer.seek_to_end()
         producer = await self.producer(linger_ms=5)

@@ -123,8 +123,11 @@ class BrokerWatch:
     async def observe(self) -> tuple[dict[str, int], dict[TopicPartition, int]]:
         """The catalogue topics that exist with their partition counts, and their end offsets."""
         consumer = await self._client()
-        existing = await consumer.topics()  # a metadata request for all topics: creates nothing
-        counts = {t: len(consumer.partitions_for_topic(t) or ()) for t in self.topics if t in existing}
+        # Fresh metadata for all topics (the consumer's own cache may be minutes old); a request
+        # for all topics creates nothing, even on a broker that auto-creates the topics it is asked about.
+        cluster = await consumer._client.fetch_all_metadata()
+        existing = cluster.topics()
+        counts = {t: len(cluster.partitions_for_topic(t) or ()) for t in self.topics if t in existing}
         parts = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
         ends: dict[TopicPartition, int] = dict(await consumer.end_offsets(parts)) if parts else {}
         return counts, ends

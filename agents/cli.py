@@ -365,6 +365,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     """Print records of a topic as they arrive."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from kaifong.streams import security
     from kaifong.streams.admin import true_end_offsets
     from kaifong.streams.topics import by_name
 
@@ -374,7 +375,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     except KeyError:
         name = args.topic
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                             fetch_max_wait_ms=50, client_id="kaifong-tail")
+                             fetch_max_wait_ms=50, client_id="kaifong-tail", **security.kafka_python_kwargs(settings))
     parts = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
     if not parts:
         print(f"error: topic {name} not found", file=sys.stderr)

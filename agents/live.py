@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from kaifong.schemas.validation import InvalidEvent, validate
+from kaifong.streams import security
 from kaifong.streams.settings import Settings
 from kaifong.streams.topics import ASSIGNMENTS, ESCALATIONS, INCIDENTS_STATE, INCIDENTS_UPDATES
 
@@ -162,7 +163,7 @@ class LiveFeed:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers, group_id=None, enable_auto_commit=False,
             client_id=f"{s.app_id}-live", fetch_max_wait_ms=s.firehose_fetch_wait_ms,
-            max_partition_fetch_bytes=8 << 20)
+            max_partition_fetch_bytes=8 << 20, **security.aiokafka_kwargs(s))
         await consumer.start()
         try:
             parts = await self._partitions(consumer)

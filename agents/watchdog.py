@@ -17,7 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from kaifong.streams import metrics
+from kaifong.streams import metrics, security
 from kaifong.streams.settings import Settings
 from kaifong.streams.topics import CATALOGUE
 
@@ -46,7 +46,8 @@ async def probe(consumer: AIOKafkaConsumer, parts: list[TopicPartition],
 async def run(settings: Settings, interval_s: float = 60.0, warn_s: float = 0.5, timeout_s: float = 5.0) -> None:
     """Probe forever (a worker task)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                                fetch_max_wait_ms=settings.fetch_max_wait_ms, client_id=f"{settings.app_id}-watchdog")
+                                fetch_max_wait_ms=settings.fetch_max_wait_ms, client_id=f"{settings.app_id}-watchdog",
+                                **security.aiokafka_kwargs(settings))
     await consumer.start()
     try:
         while True:

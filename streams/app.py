@@ -94,6 +94,7 @@ def create_app(settings: Settings, **overrides: Any) -> KaifongApp:
         "logging_config": None,
     }
     conf.update(security.faust_conf(settings))  # TLS/SASL of the worker's consumer and producer
+    security.quiet_payload_loggers(settings.log_level)  # no library logs payloads, even at debug
     conf.update(overrides)
     app = KaifongApp(settings.app_id, **conf)
     app.conf.kaifong_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]

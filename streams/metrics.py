@@ -90,9 +90,6 @@ CONSUMER_LAG = Gauge("kaifong_consumer_lag", "Messages behind the end of each in
 BROKER_TAIL_FETCH = Gauge("kaifong_broker_tail_fetch_seconds", "Watchdog: time to fetch the newest record "
                           "of a partition (the embedded broker degrades with record batches per partition).",
                           ["topic", "partition"])
-BROKER_BATCHES = Gauge("kaifong_broker_partition_batches", "Watchdog: record batches written to a partition "
-                       "since the broker started (the embedded broker stops answering near 40,000).",
-                       ["topic", "partition"])
 HTTP_REQUESTS = Counter("kaifong_http_requests_total", "HTTP requests by route and status code.",
                         ["route", "code"])
 HTTP_UNAUTHORIZED = Counter("kaifong_http_unauthorized_total", "HTTP requests refused for a missing or "
@@ -114,6 +111,8 @@ def init_labels(settings: Settings) -> None:
         DEADLETTERS.labels("intake", error_class)
     for op in ("dedupe", "handle", "units_batch"):
         REDIS_ERRORS.labels(op)
+    for agent in ("incidents_reported", "incidents_updates", "drills_responses", "ring_clock"):
+        INTERNAL_ERRORS.labels(agent)
     for ring in settings.ring_table():
         for outcome in ("ok", "shortfall", "no_candidate", "beyond_target"):
             for exercise in ("false", "true"):

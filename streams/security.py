@@ -17,6 +17,7 @@ URL) is refused at start with :class:`SecurityConfigError` instead of silently r
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +27,11 @@ from kaifong.streams.settings import Settings
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 Library = Literal["kafka-python", "aiokafka", "faust", "redis"]
+#: Libraries whose DEBUG output carries message keys and values (aiokafka and kafka-python log
+#: every record they send, payload included; Faust and mode log events): they never log below
+#: INFO, whatever KAIFONG_LOG_LEVEL says, so a debugging session cannot put a caller's phone
+#: number or a description in the log.
+PAYLOAD_LOGGERS = ("aiokafka", "kafka", "faust", "mode", "redis")
 
 
 class SecurityConfigError(ValueError):
@@ -175,3 +181,15 @@ def client_kwargs(settings: Settings, library: Library) -> dict[str, Any]:
     except KeyError:
         raise ValueError(f"unknown client library {library!r}; one of {', '.join(builders)}") from None
     return build(settings)
+
+
+def quiet_payload_loggers(log_level: str) -> None:
+    """Keep the :data:`PAYLOAD_LOGGERS` at INFO or above (``log_level`` when that is higher).
+
+    Called when the app is built, before Faust configures logging (which leaves named loggers'
+    levels alone), so it holds for the worker's whole life.
+    """
+    configured = logging.getLevelName(log_level.upper())  # a number for a known level name
+    level = max(logging.INFO, configured if isinstance(configured, int) else logging.INFO)
+    for name in PAYLOAD_LOGGERS:
+        logging.getLogger(name).setLevel(level)

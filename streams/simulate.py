@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from kaifong.streams import security
 from kaifong.streams.city import City, generate
 from kaifong.streams.settings import Settings
 
@@ -137,8 +138,9 @@ class Simulator:
         s = self.settings
         self.status_producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers,
                                                 linger_ms=self.config.status_linger_ms, max_batch_size=2 << 20,
-                                                max_request_size=8 << 20, acks=1)
-        self.producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, linger_ms=20, acks=-1)
+                                                max_request_size=8 << 20, acks=1, **security.aiokafka_kwargs(s))
+        self.producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, linger_ms=20, acks=-1,
+                                         **security.aiokafka_kwargs(s))
         await self.status_producer.start()
         await self.producer.start()
 
@@ -325,7 +327,8 @@ class Simulator:
         """Follow assignments and drills like unit terminals do."""
         consumer = AIOKafkaConsumer(self.topic("dispatch.assignments.v1"), self.topic("drills.issued.v1"),
                                     bootstrap_servers=self.settings.bootstrap_servers, auto_offset_reset="latest",
-                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms)
+                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+                                    **security.aiokafka_kwargs(self.settings))
         await consumer.start()
         try:
             while not stop.is_set():

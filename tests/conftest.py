@@ -110,6 +110,12 @@ def make_settings(stack: EmbeddedStack, **overrides: object) -> Settings:
             # The drill scheduler is tested on its own (test_drills_integration): elsewhere it
             # would issue drills into other tests' traffic.
             "drills_enabled": False}
+    if "redis_url" not in overrides:
+        # Sixteen databases serve the whole session: start each test on an empty one (the
+        # previous user of this number has finished; its workers were stopped at teardown).
+        import redis as sync_redis
+
+        sync_redis.Redis.from_url(str(base["redis_url"])).flushdb()
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
 

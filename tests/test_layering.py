@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,16 @@ LAYERS = {"schemas": 0, "streams": 1, "agents": 2}
 FORBIDDEN_TOP = {"schemas", "streams", "agents"}
 
 
+def _parse(path: Path) -> ast.Module:
+    # Parsed on a fresh thread: CPython 3.11.7's parser can fail with "AST constructor recursion
+    # depth mismatch" on a thread whose recursion counter an earlier deep recursion (fuzz tests
+    # of nested JSON) left skewed; a new thread starts from a clean counter.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(ast.parse, path.read_text("utf-8"), str(path)).result()
+
+
 def imports(path: Path) -> list[tuple[int, str]]:
-    tree = ast.parse(path.read_text("utf-8"), filename=str(path))
+    tree = _parse(path)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

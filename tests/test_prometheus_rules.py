@@ -366,7 +366,7 @@ def test_sla_dashboard_covers_the_command_centre_views() -> None:
     exprs = " ".join(e for d, _, e in dashboard_exprs() if d == "kaifong-sre.json")
     for needle in ("kaifong_events_in_total", "kaifong_deadletters_total", "kaifong_processing_seconds_bucket",
                    "kaifong_consumer_lag", "kaifong_redis_call_seconds_bucket", "kaifong_redis_errors_total",
-                   "kaifong_worker_ready", "kaifong_broker_partition_batches", "kaifong_broker_tail_fetch_seconds"):
+                   "kaifong_worker_ready", "kaifong_broker_tail_fetch_seconds"):
         assert needle in exprs, needle
 
 
