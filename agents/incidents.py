@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -57,7 +58,8 @@ def early_key(incident_id: str) -> str:
 
 
 def _ms(t: datetime) -> int:
-    return int(t.timestamp() * 1000)
+    # Rounded up: a timer claimed at its due millisecond must never fire before the deadline.
+    return math.ceil(t.timestamp() * 1000)
 
 
 def _pack(records: list[Record]) -> list[dict[str, Any]]:
