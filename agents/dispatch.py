@@ -72,13 +72,13 @@ def assignment_body(incident_id: str, decision: RingDecision, attempt: int, deci
     return body
 
 
-def outcome_of(decision: RingDecision) -> str:
-    """Bounded label for the assignments counter."""
-    if not decision.units:
+def outcome_of(body: dict[str, Any]) -> str:
+    """Bounded label of an assignment (wire form) for the assignments counter."""
+    if not body["units"]:
         return "no_candidate"
-    if decision.shortfall is not None:
+    if body.get("shortfall") is not None:
         return "shortfall"
-    return "beyond_target" if decision.reason == "beyond_target" else "ok"
+    return "beyond_target" if body["reason"] == "beyond_target" else "ok"
 
 
 @dataclass

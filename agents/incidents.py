@@ -3,10 +3,11 @@
 Layer: agents. Thin: read the stored incident document, call the pure functions in
 ``clock``/``dispatch``, write, send, count. Durable state lives in Redis (DESIGN.md §7):
 
-- the incident document (``kf:inc:{id}``) holds the state, the decisions, the escalations and
-  an **outbox** — the records a change must publish. The change and its outbox are written in
-  one SET; the records are then sent and the outbox cleared. A crash in between re-sends the
-  outbox on the next touch of the incident, so a fact is never lost nor decided twice;
+- the incident document (``kf:inc:{id}``) holds the state, the decisions and the escalations;
+  beside it, ``kf:inc:{id}:outbox`` holds the records a change must publish. The change and its
+  outbox are written in one transaction; the records are then sent and the outbox deleted. A
+  crash in between re-sends the outbox on the next touch of the incident, so a fact is never
+  lost nor decided twice;
 - ring deadlines, re-notifications and early-update expiries are timers in Redis
   (:mod:`kaifong.agents.ringclock`), fired by whichever worker owns the partition.
 
@@ -30,7 +31,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from kaifong.agents import clock
-from kaifong.agents.dispatch import Dispatcher, assignment_body, view_of
+from kaifong.agents.dispatch import Dispatcher, assignment_body, outcome_of, view_of
 from kaifong.agents.intake import Refused, current_message
 from kaifong.agents.ringclock import RingClock, member, parse_member
 from kaifong.agents.unitstore import UnitStore
@@ -50,6 +51,16 @@ APPLIED_KEEP = 500
 def incident_key(incident_id: str) -> str:
     """Redis key of an incident's stored document."""
     return f"kf:inc:{incident_id}"
+
+
+def outbox_key(incident_id: str) -> str:
+    """Redis key of the records an incident's last change has yet to see acknowledged."""
+    return f"kf:inc:{incident_id}:outbox"
+
+
+def _stored(doc: dict[str, Any]) -> bytes:
+    """The document as stored: the outbox lives in its own key (see :func:`outbox_key`)."""
+    return orjson.dumps({k: v for k, v in doc.items() if k != "outbox"})
 
 
 def early_key(incident_id: str) -> str:
@@ -115,13 +126,24 @@ class Incidents:
             self._locks.pop(incident_id, None)
 
     async def load(self, incident_id: str) -> dict[str, Any] | None:
-        """The stored document or None."""
-        raw = await self.redis.get(incident_key(incident_id))
-        return None if raw is None else orjson.loads(raw)
+        """The stored document (with any pending outbox) or None."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(incident_key(incident_id))
+        pipe.get(outbox_key(incident_id))
+        raw, outbox = await pipe.execute()
+        return self._doc(raw, outbox)
+
+    @staticmethod
+    def _doc(raw: bytes | None, outbox: bytes | None) -> dict[str, Any] | None:
+        if raw is None:
+            return None
+        doc: dict[str, Any] = orjson.loads(raw)
+        doc["outbox"] = orjson.loads(outbox) if outbox else []
+        return doc
 
     async def save(self, doc: dict[str, Any]) -> None:
         """Write an incident's document back."""
-        await self.redis.set(incident_key(doc["state"]["incident_id"]), orjson.dumps(doc))
+        await self.redis.set(incident_key(doc["state"]["incident_id"]), _stored(doc))
 
     def state_record(self, state: dict[str, Any]) -> Record:
         """The state for the compacted state topic (CloudEvents id: incident and version)."""
@@ -148,12 +170,15 @@ class Incidents:
                      ) -> dict[str, Any]:
         """Store the change with its outbox (and its timers), send the outbox, clear it.
 
-        The outbox pattern: the change and what it must publish are written together; a crash
-        before the outbox is cleared re-sends it on the next touch of the incident.
+        The outbox pattern: the change and what it must publish are written in one transaction; a
+        crash before the outbox is deleted re-sends it on the next touch of the incident. The
+        document is encoded once per change; clearing the outbox is a DEL, not a rewrite.
         """
-        doc = {**doc, "outbox": _pack(records)}
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(incident_key(doc["state"]["incident_id"]), orjson.dumps(doc))
+        incident_id = doc["state"]["incident_id"]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(incident_key(incident_id), _stored(doc))
+        if records:
+            pipe.set(outbox_key(incident_id), orjson.dumps(_pack(records)))
         if timers:
             pipe.zadd(self.timers.due_key(int(doc["partition"])), dict(timers))
         if open_escalations:
@@ -161,17 +186,15 @@ class Incidents:
         await pipe.execute()
         if records:
             await self.send_all(records)
-            doc = {**doc, "outbox": []}
-            await self.save(doc)
-        return doc
+            await self.redis.delete(outbox_key(incident_id))
+        return {**doc, "outbox": []}
 
     async def flush_outbox(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Re-send what an interrupted change left in the outbox."""
         if doc.get("outbox"):
             await self.send_all(_unpack(doc["outbox"]))
-            doc = {**doc, "outbox": []}
-            await self.save(doc)
-        return doc
+            await self.redis.delete(outbox_key(doc["state"]["incident_id"]))
+        return {**doc, "outbox": []}
 
     def _partition(self, doc: dict[str, Any] | None = None) -> int:
         msg = current_message.get(None)
@@ -207,10 +230,11 @@ class Incidents:
         # One round trip for everything the decision may need to know first.
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(incident_key(incident_id))
+        pipe.get(outbox_key(incident_id))
         pipe.smembers(f"kf:inc:{incident_id}:units")
         pipe.exists(early_key(incident_id))
-        raw_doc, held_raw, self._early_waiting[incident_id] = await pipe.execute()
-        doc = None if raw_doc is None else orjson.loads(raw_doc)
+        raw_doc, raw_outbox, held_raw, self._early_waiting[incident_id] = await pipe.execute()
+        doc = self._doc(raw_doc, raw_outbox)
         if doc is not None:
             await self.flush_outbox(doc)  # replay: finish what was interrupted, decide nothing new
             if doc.get("assignments") is not None:
@@ -225,7 +249,7 @@ class Incidents:
             # SET NX: the first report wins; a second report of the same incident under another
             # event_id (two callers) does not open it twice.
             pipe = self.redis.pipeline(transaction=False)
-            pipe.set(incident_key(incident_id), orjson.dumps(doc), nx=True)
+            pipe.set(incident_key(incident_id), _stored(doc), nx=True)
             pipe.sadd(self._open_key(state["exercise"]), incident_id)
             created, _ = await pipe.execute()
             if not created:
@@ -279,9 +303,7 @@ class Incidents:
         state = doc["state"]
         exercise = self._exercise(state)
         for body in doc["assignments"] or []:
-            outcome = ("no_candidate" if not body["units"] else "shortfall" if body.get("shortfall")
-                       else "beyond_target" if body["reason"] == "beyond_target" else "ok")
-            metrics.ASSIGNMENTS.labels(str(body["ring"]), outcome, exercise).inc()
+            metrics.ASSIGNMENTS.labels(str(body["ring"]), outcome_of(body), exercise).inc()
         for e in escalations:
             self._count_escalation(e)
 
@@ -440,16 +462,14 @@ class Incidents:
                "escalations": {**doc["escalations"], esc["escalation_id"]: self._esc_entry(esc)}}
         await self.timers.schedule(doc["partition"], [(member("n", incident_id, esc["escalation_id"]),
                                                        _ms(now) + self._renotify_ms())])
-        if not state["exercise"]:
-            await self.redis.hset(self._esc_open_key(), esc["escalation_id"], esc["level"])
         await self.commit(doc, [self.escalation_record(esc), *[self.assignment_record(b) for b in bodies],
-                                self.state_record(state)])
+                                self.state_record(state)],
+                          open_escalations=None if state["exercise"] else {esc["escalation_id"]: esc["level"]})
         self._count_escalation(esc)
         if self.on_dispatched is not None:
             await self.on_dispatched([u["unit_id"] for b in bodies for u in b["units"]])
         for b in bodies:
-            outcome = "no_candidate" if not b["units"] else "shortfall" if b.get("shortfall") else "ok"
-            metrics.ASSIGNMENTS.labels(str(ring), outcome, exercise).inc()
+            metrics.ASSIGNMENTS.labels(str(ring), outcome_of(b), exercise).inc()
 
     async def _renotify(self, doc: dict[str, Any], esc_id: str) -> None:
         entry = doc["escalations"].get(esc_id)

@@ -92,6 +92,26 @@ def dedupe_key(event_type: str, data: dict[str, Any]) -> str:
     return f"kf:seen:{event_type}:{event_id}"
 
 
+async def retry_infra(op: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+    """Run ``fn`` until it succeeds, backing off (50 ms → 2 s) while a dependency is down.
+
+    The message being handled is not acknowledged meanwhile, so nothing is skipped; every
+    failure is counted (``kaifong_redis_errors_total{op}``) and every success timed.
+    """
+    delay = 0.05
+    while True:
+        try:
+            start = time.perf_counter()
+            result = await fn()
+            metrics.REDIS_CALL.labels(op).observe(time.perf_counter() - start)
+            return result
+        except INFRA_ERRORS as exc:
+            metrics.REDIS_ERRORS.labels(op).inc()
+            log.warning("%s failed (%s); retrying in %.2fs", op, type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 @dataclass
 class Pipeline:
     """Intake for the Faust agents (one event at a time; the batch path lives in ``units``)."""
@@ -114,18 +134,7 @@ class Pipeline:
 
     async def retrying(self, op: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``fn`` until it succeeds, backing off while Redis (or the network) is down."""
-        delay = 0.05
-        while True:
-            try:
-                start = time.perf_counter()
-                result = await fn()
-                metrics.REDIS_CALL.labels(op).observe(time.perf_counter() - start)
-                return result
-            except INFRA_ERRORS as exc:
-                metrics.REDIS_ERRORS.labels(op).inc()
-                log.warning("%s failed (%s); retrying in %.2fs", op, type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        return await retry_infra(op, fn)
 
     async def process(self, spec: TopicSpec, msg: Message, handler: Handler, agent: str) -> str:
         """Validate, dedupe and handle one message; return its outcome."""

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from redis.exceptions import NoScriptError
 
-from kaifong.agents.intake import INFRA_ERRORS, dedupe_key
+from kaifong.agents.intake import dedupe_key, retry_infra
 from kaifong.agents.unitstore import UnitStore, live_key, registry_key
 from kaifong.schemas.validation import InvalidEvent, parse
 from kaifong.streams import metrics, security
@@ -125,15 +125,7 @@ class UnitsIntake:
             await consumer.commit(prepared.offsets)
 
     async def _retry(self, fn: Callable[[], Any]) -> Any:
-        delay = 0.05
-        while True:
-            try:
-                return await fn()
-            except INFRA_ERRORS as exc:
-                metrics.REDIS_ERRORS.labels("units_batch").inc()
-                log.warning("redis units batch failed (%s); retrying in %.2fs", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        return await retry_infra("units_batch", fn)
 
     async def prepare(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> Prepared:
         """Stage 1 (CPU): parse and validate every record of a fetch, across partitions.

@@ -266,8 +266,9 @@ SECTIONS = ("Summary", "Ring compliance", "Response times", "Slowest incidents",
             "Incident map", "Method and data quality")
 
 
-@pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="needs poppler-utils (pdftoppm, pdftotext)")
 def test_html_and_pdf_open_with_their_figures(tmp_path: Path) -> None:
+    assert shutil.which("pdftoppm") and shutil.which("pdftotext"), \
+        "Debian package poppler-utils is required (.ci/run installs it)"
     inputs, _ = synthetic_day()
     figures = report.compute(inputs, REAL, what_if=LOOSE, as_of=inputs.window.end + timedelta(days=1))
     files = report.write_files(figures, tmp_path)
