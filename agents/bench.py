@@ -19,7 +19,9 @@ Every phase checks that nothing was lost; a run that lost events reports no figu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import multiprocessing
 import os
 import random
 import re
@@ -235,6 +237,34 @@ class Bench:
             time.sleep(0.05)
         return first or time.monotonic(), math.nan
 
+    def wait_committed(self, group: str, topic: str, target: int, timeout: float) -> tuple[float, int, float]:
+        """Poll the broker until ``group`` has committed ``target`` records of ``topic`` in all.
+
+        Progress is read from the broker (the consumer group's committed offsets), not from the
+        worker: polling the worker's /metrics 20 times a second would itself cost the worker
+        a large share of its CPU. Returns (time progress was first seen, records committed by
+        then, time ``target`` was reached — NaN on timeout).
+        """
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers,
+                                 **security.kafka_python_kwargs(self.settings))
+        try:
+            started = time.monotonic()
+            first: tuple[float, int] | None = None
+            while time.monotonic() - started < timeout:
+                offsets = admin.list_group_offsets(group).get(group, {})
+                done = sum(max(0, om.offset) for tp, om in offsets.items() if tp.topic == topic)
+                now = time.monotonic()
+                if first is None and done > 0:
+                    first = (now, done)
+                if done >= target:
+                    return (*(first or (now, done)), now)
+                time.sleep(0.02)
+            return (*(first or (time.monotonic(), 0)), math.nan)
+        finally:
+            admin.close()
+
     # -- phases -------------------------------------------------------------------------------
     async def baseline(self, records: list[tuple[bytes, bytes]]) -> float:
         """Plain aiokafka pass-through of the same events on the same broker (events/s)."""
@@ -321,11 +351,16 @@ class Bench:
         await consumer.start()
         await consumer.seek_to_end()
         incidents = await self.producer(linger_ms=0)
-        background = await self.producer(linger_ms=50)
+        # The status traffic comes from a process of its own: generating 10,000+ events/s in
+        # this one would delay the very timestamps this phase measures.
+        ctx = multiprocessing.get_context("spawn")
+        stop_bg, bg_sent = ctx.Event(), ctx.Value("q", 0)
+        bg_proc = ctx.Process(target=status_traffic, daemon=True, args=(
+            self.settings, self.topic("units.status.v1"),
+            [(u["unit_id"], u["home"]) for u in units], status_rate, stop_bg, bg_sent))
         sent: dict[str, tuple[float, int]] = {}
         done: dict[str, float] = {}
         got: dict[str, int] = {}
-        stop = asyncio.Event()
         dec_before = self.worker.buckets("kaifong_decision_seconds")
 
         async def consume() -> None:
@@ -337,22 +372,6 @@ class Bench:
                     if got[iid] == sent[iid][1]:
                         done[iid] = time.perf_counter() - sent[iid][0]
 
-        async def status_traffic() -> None:
-            seq = int(time.time() * 1000)
-            i = 0
-            now = datetime.now(UTC).isoformat()
-            tick = 0.05
-            per_tick = max(1, int(status_rate * tick))
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                for _ in range(per_tick):
-                    u = units[i % len(units)]
-                    i += 1
-                    await background.send(self.topic("units.status.v1"), orjson.dumps({
-                        "event_id": f"bg{seq}-{i}", "unit_id": u["unit_id"], "status": "available", "at": now,
-                        "seq": seq + i, "location": u["home"]}), key=u["unit_id"].encode())
-                await asyncio.sleep(max(0.0, tick - (time.perf_counter() - t0)))
-
         async def resolve_later(iid: str, at: datetime) -> None:
             await asyncio.sleep(3)
             await incidents.send(self.topic("incidents.updates.v1"), orjson.dumps({
@@ -360,9 +379,12 @@ class Bench:
                 "at": (at + timedelta(seconds=3)).isoformat()}), key=iid.encode())
 
         reader = asyncio.ensure_future(consume())
-        bg = asyncio.ensure_future(status_traffic())
+        bg_proc.start()
         resolvers = []
+        while bg_sent.value == 0 and bg_proc.is_alive():  # the traffic runs before the first incident
+            await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
+        bg0, bg_t0 = bg_sent.value, time.perf_counter()
         try:
             n = int(self.incident_rate * self.duration_s)
             started = time.perf_counter()
@@ -384,12 +406,14 @@ class Bench:
             while len(done) < n and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
         finally:
-            stop.set()
+            bg_rate = (bg_sent.value - bg0) / (time.perf_counter() - bg_t0)
+            stop_bg.set()
             await asyncio.gather(*resolvers, return_exceptions=True)
-            bg.cancel()
+            bg_proc.join(10)
+            if bg_proc.is_alive():
+                bg_proc.kill()
             reader.cancel()
             await incidents.stop()
-            await background.stop()
             await consumer.stop()
         processed = self.worker.metric("kaifong_events_in_total", topic=self.topic("incidents.reported.v1"))
         self.log(f"      worker took {processed:,.0f} reports in all; {len(done)} of {n} incidents fully assigned "
@@ -402,7 +426,8 @@ class Bench:
         return {"e2e_p50_ms": percentile(lat, 0.5) * 1000, "e2e_p95_ms": percentile(lat, 0.95) * 1000,
                 "e2e_p99_ms": percentile(lat, 0.99) * 1000,
                 "decision_p50_ms": histogram_quantile(dec, 0.5) * 1000,
-                "decision_p99_ms": histogram_quantile(dec, 0.99) * 1000, "incidents": n}
+                "decision_p99_ms": histogram_quantile(dec, 0.99) * 1000, "incidents": n,
+                "status_background_achieved_per_s": bg_rate}
 
     async def escalation_lateness(self, units: list[dict[str, Any]], n: int = 1000) -> tuple[float, float]:
         """1,000 open incidents whose ring-1 deadlines fall over ~10 s: lateness p50/p99 (ms)."""
@@ -494,15 +519,16 @@ class Bench:
             pids["broker"] = self.stack.services[0].proc.pid  # type: ignore[union-attr]
             pids["redis"] = self.stack.services[1].proc.pid  # type: ignore[union-attr]
         cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
-        first, done = self.wait_metric("kaifong_events_in_total", self.events, 300,
-                                       topic=self.topic("units.status.v1"))
+        first, first_count, done = self.wait_committed(f"{s.app_id}-units", self.topic("units.status.v1"),
+                                                       self.events, 300)
         cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
         ok = worker.metric("kaifong_events_in_total", topic=self.topic("units.status.v1"), outcome="ok")
         check_loss("kaifong status path", self.events, int(ok))
-        # The first poll that saw progress is up to one poll interval late: count from the
-        # previous poll so the rate is not flattered.
-        elapsed = (done - first) + 0.05
-        r["kaifong_status_events_per_s"] = self.events / elapsed
+        if math.isnan(done):
+            raise BenchLoss("kaifong status path: not every status event was committed within 300 s")
+        # The rate between the first and the last commit seen: what was committed before the
+        # first sighting is not counted in the numerator either.
+        r["kaifong_status_events_per_s"] = (self.events - first_count) / max(done - first, 1e-3)
         r["throughput_ratio_vs_aiokafka"] = r["kaifong_status_events_per_s"] / r["baseline_events_per_s"]
         self.log(f"      baseline {r['baseline_events_per_s']:,.0f}/s, "
                  f"kaifong {r['kaifong_status_events_per_s']:,.0f}/s (ratio {r['throughput_ratio_vs_aiokafka']:.2f})")
@@ -530,6 +556,42 @@ class Bench:
         r["open_incidents"] = worker.metric("kaifong_incidents_open", exercise="false")
         r["worker_peak_rss_mb"] = peak_rss_mb(worker.proc.pid)
         return r
+
+
+def status_traffic(settings: Settings, topic: str, units: list[tuple[str, dict[str, float]]], rate: float,
+                   stop: Any, sent: Any) -> None:
+    """Background unit-status traffic at ``rate`` events/s until ``stop`` is set (own process)."""
+
+    with contextlib.suppress(OSError):
+        # A load generator, not the system measured: when the cores are contended the
+        # processes under measurement run first (the achieved rate is reported).
+        os.nice(10)
+
+    async def main() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=50,
+                                    max_batch_size=1 << 20, acks=1, max_request_size=4 << 20,
+                                    **security.aiokafka_kwargs(settings))
+        await producer.start()
+        seq = int(time.time() * 1000)
+        i = 0
+        now = datetime.now(UTC).isoformat()
+        tick = 0.05
+        per_tick = max(1, int(rate * tick))
+        started = time.perf_counter()
+        try:
+            while not stop.is_set():
+                for _ in range(per_tick):
+                    unit_id, home = units[i % len(units)]
+                    i += 1
+                    await producer.send(topic, orjson.dumps({
+                        "event_id": f"bg{seq}-{i}", "unit_id": unit_id, "status": "available", "at": now,
+                        "seq": seq + i, "location": home}), key=unit_id.encode())
+                sent.value = i
+                await asyncio.sleep(max(0.0, started + (i / per_tick) * tick - time.perf_counter()))
+        finally:
+            await producer.stop()
+
+    asyncio.run(main())
 
 
 TARGETS = {
@@ -572,6 +634,7 @@ def table(r: dict[str, Any]) -> str:
              row("broker floor produce→consume p50 (ms)", "broker_floor_p50_ms", ".1f"),
              row("broker floor produce→consume p99 (ms)", "broker_floor_p99_ms", ".1f"),
              row("status traffic during the incident phase (events/s)", "status_background_per_s", ",.0f"),
+             row("  … achieved by the traffic process (events/s)", "status_background_achieved_per_s", ",.0f"),
              row("reported→assignment p50 (ms)", "e2e_p50_ms", ".1f"),
              row("reported→assignment p95 (ms)", "e2e_p95_ms", ".1f"),
              row("reported→assignment p99 (ms)", "e2e_p99_ms", ".1f", "≤ floor p99 + 15 ms"),

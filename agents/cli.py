@@ -136,6 +136,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_firehose(args: argparse.Namespace) -> int:
+    """Run the unit firehose (registry + status → Redis) in this process until SIGTERM."""
+    import asyncio
+
+    from kaifong.agents.firehose import child_main
+
+    settings = _settings()
+    _logging(settings)
+    asyncio.run(child_main(settings, args.metrics_port))
+    return 0
+
+
 # -- publish ----------------------------------------------------------------------------------
 def _read_events(source: str) -> list[dict[str, Any]]:
     if source == "-":
@@ -461,6 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run a worker against KAIFONG_BROKER_URL and KAIFONG_REDIS_URL")
     w.add_argument("--web-port", type=int, default=0, help="override KAIFONG_WEB_PORT")
     w.add_argument("--no-ensure-topics", action="store_true", help="do not create missing topics first")
+    fh = sub.add_parser("firehose", help="run the unit-status firehose alone (a worker starts one itself "
+                        "unless KAIFONG_FIREHOSE=inline)")
+    fh.add_argument("--metrics-port", type=int, default=0,
+                    help="loopback port of its /metrics and /ready (default: an ephemeral one, printed)")
     p = sub.add_parser("publish", help="validate and publish input events")
     p.add_argument("event_type", help="incident-reported, incident-update, unit-registered, unit-status, "
                    "drill-response")
@@ -520,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"up": cmd_up, "worker": cmd_worker, "publish": cmd_publish, "tail": cmd_tail,
+COMMANDS = {"up": cmd_up, "worker": cmd_worker, "firehose": cmd_firehose, "publish": cmd_publish, "tail": cmd_tail,
             "topics": cmd_topics, "config": cmd_config, "units-load": cmd_units_load,
             "city-generate": cmd_city_generate, "bench": cmd_bench,
             "simulate": cmd_simulate, "drill": cmd_drill, "report": cmd_report}

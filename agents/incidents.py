@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,6 +69,28 @@ def early_key(incident_id: str) -> str:
     return f"kf:early:{incident_id}"
 
 
+#: Open an incident in one round trip: the stored document if there is one, else the fresh
+#: document stored and the incident added to its open set; with the outbox, the units an
+#: interrupted decision had reserved and whether updates were parked for it.
+#: KEYS: document, outbox, units held, early updates, open set. ARGV: fresh document, id.
+#: Returns {document or false, outbox or false, held units, early exists, 1 if created}.
+OPEN_SCRIPT = """
+local doc = redis.call('GET', KEYS[1])
+local created = 0
+if not doc then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SADD', KEYS[5], ARGV[2])
+  created = 1
+end
+return {doc or false, redis.call('GET', KEYS[2]) or false, redis.call('SMEMBERS', KEYS[3]),
+        redis.call('EXISTS', KEYS[4]), created}
+"""
+
+#: When the current change's records were acknowledged by the broker (perf_counter), for the
+#: decision-time metric: received → assignments acknowledged (housekeeping after it excluded).
+ACKED_AT: ContextVar[float | None] = ContextVar("kaifong_acked_at", default=None)
+
+
 def _ms(t: datetime) -> int:
     # Rounded up: a timer claimed at its due millisecond must never fire before the deadline.
     return math.ceil(t.timestamp() * 1000)
@@ -101,6 +124,9 @@ class Incidents:
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     #: Whether updates were parked for an incident, learnt in the report's first round trip.
     _early_waiting: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._open = self.redis.register_script(OPEN_SCRIPT)
 
     # -- plumbing ----------------------------------------------------------------------------
     @property
@@ -186,6 +212,7 @@ class Incidents:
         await pipe.execute()
         if records:
             await self.send_all(records)
+            ACKED_AT.set(time.perf_counter())
             await self.redis.delete(outbox_key(incident_id))
         return {**doc, "outbox": []}
 
@@ -214,11 +241,12 @@ class Incidents:
         started = current_message.get(None)
         t0 = getattr(started, "received", None) or time.perf_counter()
         incident_id = report["incident_id"]
+        ACKED_AT.set(None)
         async with self.lock(incident_id):
             fresh = await self._on_reported(report)
         self._unlock(incident_id)
         if fresh is not None:
-            metrics.DECISION.observe(time.perf_counter() - t0)
+            metrics.DECISION.observe((ACKED_AT.get() or time.perf_counter()) - t0)
             age = (self.clock() - clock.parse_time(fresh["state"]["reported_at"])).total_seconds()
             if age >= 0:
                 metrics.REPORTED_TO_ASSIGNMENT.labels(self._exercise(fresh["state"])).observe(age)
@@ -227,32 +255,24 @@ class Incidents:
 
     async def _on_reported(self, report: dict[str, Any]) -> dict[str, Any] | None:
         incident_id = report["incident_id"]
-        # One round trip for everything the decision may need to know first.
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(incident_key(incident_id))
-        pipe.get(outbox_key(incident_id))
-        pipe.smembers(f"kf:inc:{incident_id}:units")
-        pipe.exists(early_key(incident_id))
-        raw_doc, raw_outbox, held_raw, self._early_waiting[incident_id] = await pipe.execute()
-        doc = self._doc(raw_doc, raw_outbox)
-        if doc is not None:
+        # One round trip for everything the decision may need to know first, and the opening
+        # itself: the first report wins; a second report of the same incident under another
+        # event_id (two callers) does not open it twice.
+        now = self.clock()
+        state = clock.open_incident(report, self.settings.ring_table(), now)
+        # The caller's contact stays upstream: kaifong keeps no personal data it does not need.
+        kept = {k: v for k, v in report.items() if k != "caller"}
+        fresh: dict[str, Any] = {"state": state, "applied": [], "report": kept, "assignments": None,
+                                 "escalations": {}, "partition": self._partition(), "outbox": []}
+        raw_doc, raw_outbox, held_raw, self._early_waiting[incident_id], created = await self._open(
+            keys=[incident_key(incident_id), outbox_key(incident_id), f"kf:inc:{incident_id}:units",
+                  early_key(incident_id), self._open_key(state["exercise"])],
+            args=[_stored(fresh), incident_id])
+        doc: dict[str, Any] | None = fresh if created else self._doc(raw_doc, raw_outbox)
+        assert doc is not None
+        if not created:
             await self.flush_outbox(doc)  # replay: finish what was interrupted, decide nothing new
             if doc.get("assignments") is not None:
-                return None
-        now = self.clock()
-        if doc is None:
-            state = clock.open_incident(report, self.settings.ring_table(), now)
-            # The caller's contact stays upstream: kaifong keeps no personal data it does not need.
-            kept = {k: v for k, v in report.items() if k != "caller"}
-            doc = {"state": state, "applied": [], "report": kept, "assignments": None, "escalations": {},
-                   "partition": self._partition(), "outbox": []}
-            # SET NX: the first report wins; a second report of the same incident under another
-            # event_id (two callers) does not open it twice.
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.set(incident_key(incident_id), _stored(doc), nx=True)
-            pipe.sadd(self._open_key(state["exercise"]), incident_id)
-            created, _ = await pipe.execute()
-            if not created:
                 return None
         held = {m.decode() for m in held_raw}
         if held:  # reserved by a decision that was interrupted before it was stored

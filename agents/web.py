@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web as aioweb
 from faust import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from kaifong.agents import api, live
+from kaifong.agents import api, firehose, live
 from kaifong.streams import metrics
 
 if TYPE_CHECKING:
@@ -114,7 +114,8 @@ def register(app: Any, worker: Worker) -> None:
 
     @app.page("/metrics")
     async def metrics_view(self: web.View, request: web.Request) -> web.Response:
-        return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+        child = await worker.firehose.child_metrics() if worker.firehose is not None else None
+        return self.bytes(firehose.merged_exposition(child), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     handlers = api.register(web_app, worker)
     live.register(web_app, app, worker.settings, handlers.summary_doc)

@@ -18,6 +18,7 @@ import faust
 from kaifong.agents import brokerwatch, report, watchdog, web
 from kaifong.agents.dispatch import Dispatcher
 from kaifong.agents.drills import Drills
+from kaifong.agents.firehose import Supervisor
 from kaifong.agents.incidents import Incidents
 from kaifong.agents.intake import INFRA_ERRORS, Pipeline
 from kaifong.agents.ringclock import RingClock
@@ -57,6 +58,8 @@ class Worker:
         self.drills = Drills(settings, self.redis, self.send_all, _now, self.owned_partitions, self.is_ready)
         self.incidents.on_dispatched = self.drills.abort_for_units
         self.units = UnitsIntake(settings, self.redis, self.store, _now)
+        # The firehose in its own process (default) or inline: see kaifong.agents.firehose.
+        self.firehose = Supervisor(settings, self.units.joined) if settings.firehose == "process" else None
         self._faust_assigned = asyncio.Event()
         metrics.init_labels(settings)
         metrics.WORKER_STARTED.set(self.process_start)
@@ -89,7 +92,13 @@ class Worker:
         intake_agent(INCIDENTS_UPDATES, self.incidents.on_update, "incidents_updates")
         intake_agent(DRILLS_RESPONSES, self.drills.on_response, "drills_responses")
 
-        app.early_tasks.append(self.units.run)
+        if self.firehose is not None:
+            @app.task
+            async def firehose() -> None:
+                assert self.firehose is not None
+                await self.firehose.run()
+        else:
+            app.early_tasks.append(self.units.run)
 
         @app.task
         async def ring_clock() -> None:
@@ -127,6 +136,8 @@ class Worker:
             await self.units.joined.wait()
             await self._faust_assigned.wait()
             self.ready_after_s = round(time.time() - self.process_start, 3)
+            if self.firehose is None:
+                metrics.FIREHOSE_UP.set(1)
             metrics.WORKER_READY.set(1)
             metrics.WORKER_READY_SECONDS.set(self.ready_after_s)
             log.info("worker ready %.3fs after process start", self.ready_after_s)
@@ -225,8 +236,8 @@ class Worker:
             metrics.UNITS_AVAILABLE.labels(district, kind).set(n)
 
     def is_ready(self) -> bool:
-        """True once the worker consumes all its inputs."""
-        return self.ready_after_s is not None
+        """True once the worker consumes all its inputs (and while its firehose process runs)."""
+        return self.ready_after_s is not None and (self.firehose is None or self.firehose.up)
 
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
         """Produce one record and wait until the broker has it (acks per settings)."""

@@ -51,6 +51,10 @@ DECISION = Histogram("kaifong_decision_seconds", "Inside the worker: incident re
                      "acknowledged by the broker.",
                      buckets=(0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.01, 0.0125, 0.015,
                               0.02, 0.025, 0.05, 0.1, 0.25, 1.0))
+FIREHOSE_UP = Gauge("kaifong_firehose_up", "1 while the worker's unit firehose process has joined its group "
+                    "and applies unit status (always 1 with KAIFONG_FIREHOSE=inline once joined).")
+FIREHOSE_RESTARTS = Counter("kaifong_firehose_restarts_total", "Times the worker restarted its unit firehose "
+                            "process after it exited.")
 UNITS_STALE = Counter("kaifong_units_stale_total", "Units marked unavailable because their heartbeats stopped.")
 # -- ring clocks and escalations (event time) ---------------------------------------------------
 RESPONSE = Histogram("kaifong_response_seconds", "Reported → first unit of the ring on scene, per ring and "

@@ -134,6 +134,13 @@ class Settings:
     producer_acks: str = _opt("KAIFONG_PRODUCER_ACKS", "all", "Producer acks: all, 1 or 0.")
     status_batch_max: int = _opt("KAIFONG_STATUS_BATCH_MAX", 2000,
                                  "Largest batch the unit-status firehose processes at once.")
+    firehose: str = _opt("KAIFONG_FIREHOSE", "process",
+                         "Where the unit-status firehose runs: `process` (a child process per worker, "
+                         "supervised and restarted; the incident flow keeps its own core) or `inline` "
+                         "(inside the worker's process).")
+    firehose_nice: int = _opt("KAIFONG_FIREHOSE_NICE", 10,
+                              "Scheduling niceness added to the firehose process: when the cores are "
+                              "contended the incident flow runs first (0 = same priority).")
     report_concurrency: int = _opt("KAIFONG_REPORT_CONCURRENCY", 4,
                                    "Incident reports handled at once per worker (each incident is still "
                                    "serialised; a burst does not queue behind one report's round trips).")
@@ -232,6 +239,8 @@ class Settings:
         values.update(overrides)
         settings = cls(**values)
         settings.ring_table()  # fail at start, not at the first incident
+        if settings.firehose not in ("process", "inline"):
+            raise ValueError(f"KAIFONG_FIREHOSE={settings.firehose!r}: expected process or inline")
         return settings
 
     def ring_table(self) -> tuple[Ring, ...]:
