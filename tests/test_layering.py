@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import ast
-from concurrent.futures import ThreadPoolExecutor
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,26 +15,29 @@ LAYERS = {"schemas": 0, "streams": 1, "agents": 2}
 FORBIDDEN_TOP = {"schemas", "streams", "agents"}
 
 
-def _parse(path: Path) -> ast.Module:
-    # Parsed on a fresh thread: CPython 3.11.7's parser can fail with "AST constructor recursion
-    # depth mismatch" on a thread whose recursion counter an earlier deep recursion (fuzz tests
-    # of nested JSON) left skewed; a new thread starts from a clean counter.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(ast.parse, path.read_text("utf-8"), str(path)).result()
+#: Run in a fresh interpreter: CPython 3.11.7's parser keeps its AST recursion counter per
+#: interpreter, not per thread, and fails with "AST constructor recursion depth mismatch" when
+#: another thread of the test process (a client library's, a fuzz test's leftover) recurses
+#: meanwhile. A subprocess has no such neighbours.
+_IMPORTS_SCRIPT = """
+import ast, json, sys
+found = []
+for node in ast.walk(ast.parse(open(sys.argv[1], encoding="utf-8").read(), sys.argv[1])):
+    if isinstance(node, ast.Import):
+        found += [(node.lineno, alias.name) for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        if node.level:
+            found.append((node.lineno, "." * node.level + (node.module or "")))
+        elif node.module:
+            found.append((node.lineno, node.module))
+print(json.dumps(found))
+"""
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
-    tree = _parse(path)
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                found.append((node.lineno, "." * node.level + (node.module or "")))
-            elif node.module:
-                found.append((node.lineno, node.module))
-    return found
+    out = subprocess.run([sys.executable, "-c", _IMPORTS_SCRIPT, str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    return [(int(line), str(name)) for line, name in json.loads(out)]
 
 
 def violations(folder: str, path: Path) -> list[str]:

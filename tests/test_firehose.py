@@ -1,0 +1,121 @@
+"""The unit firehose in its own process: one /metrics for both processes, a child that is
+restarted when it dies, and that dies with its worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kaifong.agents.firehose import merged_exposition
+from kaifong.agents.unitstore import live_key
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in out, f"{key} exposed twice"
+            out[key] = s.value
+    return out
+
+
+def test_merged_exposition_sums_counters_and_histograms_keeps_parent_gauges() -> None:
+    parent, child = CollectorRegistry(), CollectorRegistry()
+    for registry, n, lag_topic in ((parent, 3, "incidents"), (child, 5, "units")):
+        Counter("kaifong_events_in_total", "in", ["topic"], registry=registry).labels("units").inc(n)
+        Histogram("kaifong_batch_events", "b", ["agent"], buckets=(10, 100), registry=registry).labels(
+            "units").observe(n * 10)
+        Gauge("kaifong_worker_ready", "r", registry=registry).set(1 if registry is parent else 0)
+        Gauge("kaifong_consumer_lag", "l", ["topic"], registry=registry).labels(lag_topic).set(n)
+    Gauge("process_resident_memory_bytes", "m", registry=child).set(123)
+    Counter("kaifong_firehose_only_total", "c", registry=child).inc(7)
+
+    merged = samples(merged_exposition(generate_latest(child).decode(), parent))
+
+    assert merged[("kaifong_events_in_total", (("topic", "units"),))] == 8
+    # 30 (parent) falls in le=100, 50 (child) too: both in le=100 and +Inf, neither in le=10.
+    assert merged[("kaifong_batch_events_bucket", (("agent", "units"), ("le", "10.0")))] == 0
+    assert merged[("kaifong_batch_events_bucket", (("agent", "units"), ("le", "100.0")))] == 2
+    assert merged[("kaifong_batch_events_count", (("agent", "units"),))] == 2
+    assert merged[("kaifong_batch_events_sum", (("agent", "units"),))] == 80
+    assert merged[("kaifong_worker_ready", ())] == 1  # the parent's gauge stands
+    assert merged[("kaifong_consumer_lag", (("topic", "incidents"),))] == 3
+    assert merged[("kaifong_consumer_lag", (("topic", "units"),))] == 5  # only the child has it
+    assert merged[("kaifong_firehose_only_total", ())] == 7
+    assert not any(name.startswith("process_") for name, _ in merged)
+    # No child: the parent's exposition as it is.
+    assert merged_exposition(None, parent) == generate_latest(parent)
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.integration
+def test_firehose_child_restarted_and_dies_with_its_worker(new_settings: Any, start_worker: Any) -> None:
+    settings = new_settings()
+    assert settings.firehose == "process"
+    w = start_worker(settings)
+    [child] = wait_for(lambda: children(w.proc.pid), 10, "the firehose child")
+    assert w.metric("kaifong_firehose_up") == 1
+
+    os.kill(child, signal.SIGKILL)
+    wait_for(lambda: w.metric("kaifong_firehose_restarts_total") >= 1, 20, "the restart to be counted")
+    [second] = wait_for(lambda: [c for c in children(w.proc.pid) if c != child and alive(c)], 20,
+                        "a new firehose child")
+    wait_for(lambda: w.get("/ready")[0] == 200 and w.metric("kaifong_firehose_up") == 1, 30,
+             "the worker to be ready again")
+
+    # The new child applies unit events, and the worker's /metrics counts them.
+    tag = uuid.uuid4().hex[:6]
+    unit = {"event_id": f"{tag}-g", "unit_id": f"{tag}-u", "kind": "unit", "name": "单元", "district": "天河区",
+            "police_grid": "PG1", "grid": "G1", "venue": {"id": "V1", "type": "school"},
+            "home": {"lat": 23.13, "lon": 113.32}, "responders": 8, "equipment": ["aed"]}
+    status = {"event_id": f"{tag}-s", "unit_id": f"{tag}-u", "status": "available", "seq": 1,
+              "at": "2026-11-29T14:00:00+08:00", "location": {"lat": 23.13, "lon": 113.32}}
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer.send(settings.topic_prefix + "units.registry.v1", key=unit["unit_id"].encode(), value=orjson.dumps(unit))
+    producer.flush()
+    producer.send(settings.topic_prefix + "units.status.v1", key=unit["unit_id"].encode(), value=orjson.dumps(status))
+    producer.flush()
+    producer.close()
+    r = redis.Redis.from_url(settings.redis_url)
+    wait_for(lambda: r.hget(live_key(f"{tag}-u"), "status") == b"available", 30, "the status to be applied")
+    assert w.metric("kaifong_events_in_total", topic=settings.topic_prefix + "units.status.v1", outcome="ok") == 1
+
+    # Killed without a chance to clean up, the worker still takes its child with it.
+    w.stop(signal.SIGKILL)
+    wait_for(lambda: not alive(second), 15, "the firehose child to exit with its worker")
