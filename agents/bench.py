@@ -550,8 +550,8 @@ class Bench:
                  f"kaifong {r['kaifong_status_events_per_s']:,.0f}/s (ratio {r['throughput_ratio_vs_aiokafka']:.2f})")
         per_1000 = {k: (cpu1[k] - cpu0[k]) / (self.events / 1000) for k in pids}
         if "firehose" in per_1000:  # the worker is both its processes; the firehose's share shown too
-            per_1000 = {"worker (both processes)": per_1000["worker"] + per_1000["firehose"],
-                        "  of which the firehose process": per_1000.pop("firehose"),
+            per_1000 = {"worker": per_1000["worker"] + per_1000["firehose"],
+                        "(of which its firehose)": per_1000.pop("firehose"),
                         **{k: v for k, v in per_1000.items() if k != "worker"}}
         r["cpu_seconds_per_1000_events"] = per_1000
 

@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 
 from kaifong.agents import clock
 from kaifong.agents.dispatch import Dispatcher, assignment_body, outcome_of, view_of
-from kaifong.agents.intake import Refused, current_message
+from kaifong.agents.intake import Duplicate, Refused, current_message
 from kaifong.agents.ringclock import RingClock, member, parse_member
 from kaifong.agents.unitstore import UnitStore
 from kaifong.streams import metrics
@@ -72,9 +72,11 @@ def early_key(incident_id: str) -> str:
 #: Open an incident in one round trip: the stored document if there is one, else the fresh
 #: document stored and the incident added to its open set; with the outbox, the units an
 #: interrupted decision had reserved and whether updates were parked for it.
-#: KEYS: document, outbox, units held, early updates, open set. ARGV: fresh document, id.
-#: Returns {document or false, outbox or false, held units, early exists, 1 if created}.
+#: KEYS: document, outbox, units held, early updates, open set. ARGV: fresh document, id, the
+#: report's dedupe key ('' = checked already). Returns {document or false, outbox or false, held
+#: units, early exists, 1 if created}, or {'dup'} when the report was processed before.
 OPEN_SCRIPT = """
+if ARGV[3] ~= '' and redis.call('EXISTS', ARGV[3]) == 1 then return {'dup'} end
 local doc = redis.call('GET', KEYS[1])
 local created = 0
 if not doc then
@@ -242,9 +244,11 @@ class Incidents:
         t0 = getattr(started, "received", None) or time.perf_counter()
         incident_id = report["incident_id"]
         ACKED_AT.set(None)
-        async with self.lock(incident_id):
-            fresh = await self._on_reported(report)
-        self._unlock(incident_id)
+        try:
+            async with self.lock(incident_id):
+                fresh = await self._on_reported(report)
+        finally:
+            self._unlock(incident_id)
         if fresh is not None:
             metrics.DECISION.observe((ACKED_AT.get() or time.perf_counter()) - t0)
             age = (self.clock() - clock.parse_time(fresh["state"]["reported_at"])).total_seconds()
@@ -264,10 +268,14 @@ class Incidents:
         kept = {k: v for k, v in report.items() if k != "caller"}
         fresh: dict[str, Any] = {"state": state, "applied": [], "report": kept, "assignments": None,
                                  "escalations": {}, "partition": self._partition(), "outbox": []}
-        raw_doc, raw_outbox, held_raw, self._early_waiting[incident_id], created = await self._open(
+        inbound = current_message.get(None)
+        opened = await self._open(
             keys=[incident_key(incident_id), outbox_key(incident_id), f"kf:inc:{incident_id}:units",
                   early_key(incident_id), self._open_key(state["exercise"])],
-            args=[_stored(fresh), incident_id])
+            args=[_stored(fresh), incident_id, (inbound.dedupe if inbound else None) or ""])
+        if len(opened) == 1:
+            raise Duplicate
+        raw_doc, raw_outbox, held_raw, self._early_waiting[incident_id], created = opened
         doc: dict[str, Any] | None = fresh if created else self._doc(raw_doc, raw_outbox)
         assert doc is not None
         if not created:

@@ -40,6 +40,10 @@ ID_FIELD = {"incident-reported": "incident_id", "incident-update": "incident_id"
             "unit-registered": "unit_id", "unit-status": "unit_id", "drill-response": "drill_id"}
 
 
+class Duplicate(Exception):
+    """Raised by a handler that checks the dedupe ledger itself (in its first round trip)."""
+
+
 class Refused(Exception):
     """A valid-looking event a later stage refuses (stale sequence, illegal transition…)."""
 
@@ -70,6 +74,9 @@ class Inbound:
     key: bytes | None
     value: bytes | None
     received: float  # time.perf_counter() when the worker took it
+    #: The dedupe key, when the handler checks the ledger itself (saving a round trip) and
+    #: raises :class:`Duplicate`; None when the pipeline checked it before the handler ran.
+    dedupe: str | None = None
 
 
 #: Set by :meth:`Pipeline.process` for the duration of a handler (partition for timers, the
@@ -136,8 +143,14 @@ class Pipeline:
         """Run ``fn`` until it succeeds, backing off while Redis (or the network) is down."""
         return await retry_infra(op, fn)
 
-    async def process(self, spec: TopicSpec, msg: Message, handler: Handler, agent: str) -> str:
-        """Validate, dedupe and handle one message; return its outcome."""
+    async def process(self, spec: TopicSpec, msg: Message, handler: Handler, agent: str, *,
+                      self_dedupe: bool = False) -> str:
+        """Validate, dedupe and handle one message; return its outcome.
+
+        ``self_dedupe``: the handler checks the dedupe ledger in its own first round trip (the
+        key is in :data:`current_message`) and raises :class:`Duplicate` — one round trip less
+        on the incident path.
+        """
         start = time.perf_counter()
         topic = msg.topic
         try:
@@ -147,13 +160,17 @@ class Pipeline:
             metrics.EVENTS_IN.labels(topic, "invalid").inc()
             return "invalid"
         seen = dedupe_key(spec.event_type, data)
-        if await self.retrying("dedupe", lambda: self.redis.exists(seen)):
+        if not self_dedupe and await self.retrying("dedupe", lambda: self.redis.exists(seen)):
             metrics.EVENTS_IN.labels(topic, "duplicate").inc()
             return "duplicate"
         outcome = "ok"
-        token = current_message.set(Inbound(topic, msg.partition, msg.offset, msg.key, msg.value, start))
+        token = current_message.set(Inbound(topic, msg.partition, msg.offset, msg.key, msg.value, start,
+                                            seen if self_dedupe else None))
         try:
             await self.retrying("handle", lambda: handler(data))
+        except Duplicate:
+            metrics.EVENTS_IN.labels(topic, "duplicate").inc()
+            return "duplicate"
         except Refused as exc:
             await self.dead_letter(msg, exc.stage, exc.error_class, exc.reason)
             outcome = "refused"

@@ -22,7 +22,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.structs import ConsumerRecord, TopicPartition
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from kaifong.agents.intake import dedupe_key, retry_infra
 from kaifong.agents.unitstore import UnitStore, live_key, registry_key
@@ -169,16 +169,18 @@ class UnitsIntake:
             sha = await self.store.sha("status")
             out = status_done
             for i in range(len(out), len(status), STATUS_CHUNK):
-                packed = orjson.dumps([
-                    [d["event_id"], d["unit_id"], str(d["seq"]), d["status"], d["at"],
-                     *((str(d["location"]["lat"]), str(d["location"]["lon"])) if "location" in d else (False, False)),
-                     d.get("responders_on_duty", False), d.get("incident_id", False)]
-                    for _, d in status[i:i + STATUS_CHUNK]])
+                rows = [[d["event_id"], d["unit_id"], str(d["seq"]), d["status"], d["at"],
+                         *((str(d["location"]["lat"]), str(d["location"]["lon"])) if "location" in d
+                           else (False, False)),
+                         d.get("responders_on_duty", False), d.get("incident_id", False)]
+                        for _, d in status[i:i + STATUS_CHUNK]]
                 try:
-                    out += await self.redis.evalsha(sha, 0, now_ms, packed)
+                    out += await self.redis.evalsha(sha, 0, now_ms, orjson.dumps(rows))
                 except NoScriptError:  # Redis restarted: reload and redo the (idempotent) batch
                     await self.store.load_scripts()
                     raise ConnectionError("redis lost its scripts") from None
+                except ResponseError:
+                    out += await self.one_by_one(sha, now_ms, rows)
             return out
 
         async def run_registry() -> list[Any]:
@@ -209,6 +211,10 @@ class UnitsIntake:
                 prepared.refusals.append((rec, "units", "stale_seq",
                                           f"seq {d['seq']} is not newer than seq {text.split(':', 1)[1]} "
                                           "already applied"))
+            elif text.startswith("error:"):
+                prepared.count(rec.topic, "refused")
+                prepared.refusals.append((rec, "units", "internal_error",
+                                          f"redis refused the update: {text.split(':', 1)[1]}"))
             else:
                 prepared.count(rec.topic, "refused")
                 prepared.refusals.append((rec, "units", "illegal_transition",
@@ -231,6 +237,25 @@ class UnitsIntake:
             metrics.EVENTS_IN.labels(topic, outcome).inc(n)
         metrics.BATCH_SIZE.labels("units").observe(prepared.size)
         metrics.PROCESSING.labels("units").observe(time.perf_counter() - prepared.started)
+
+
+    async def one_by_one(self, sha: str, now_ms: int, rows: list[list[Any]]) -> list[Any]:
+        """A chunk the status script failed on (an event it cannot apply — a bug, not bad input:
+        the schema let it through): apply its events one at a time, so that only the event that
+        fails is refused (``error:…``, dead-lettered) and the firehose keeps going instead of
+        failing the same batch forever. Events of the chunk applied before the failure come
+        back as duplicates (the script knows the unit's recent event ids)."""
+        out: list[Any] = []
+        for row in rows:
+            try:
+                out += await self.redis.evalsha(sha, 0, now_ms, orjson.dumps([row]))
+            except NoScriptError:
+                raise
+            except ResponseError as exc:
+                metrics.INTERNAL_ERRORS.labels("units").inc()
+                log.exception("unit status script failed on one event (dead-lettered)")
+                out.append("error:" + str(exc)[:200])
+        return out
 
 
 @dataclass

@@ -75,10 +75,11 @@ class Worker:
         app = self.app
         pipeline = self.pipeline
 
-        def intake_agent(spec: TopicSpec, handler: Any, name: str, concurrency: int = 1) -> None:
+        def intake_agent(spec: TopicSpec, handler: Any, name: str, concurrency: int = 1,
+                         self_dedupe: bool = False) -> None:
             async def agent(stream: Any) -> None:
                 async for event in stream.events():
-                    await pipeline.process(spec, event.message, handler, name)
+                    await pipeline.process(spec, event.message, handler, name, self_dedupe=self_dedupe)
 
             agent.__name__ = name
             agent.__qualname__ = name
@@ -88,7 +89,7 @@ class Worker:
         # a lock): several run at once so a burst does not queue behind Redis round trips.
         # Updates keep their order (concurrency 1): "resolved" must not overtake "on_scene".
         intake_agent(INCIDENTS_REPORTED, self.incidents.on_reported, "incidents_reported",
-                     concurrency=self.settings.report_concurrency)
+                     concurrency=self.settings.report_concurrency, self_dedupe=True)
         intake_agent(INCIDENTS_UPDATES, self.incidents.on_update, "incidents_updates")
         intake_agent(DRILLS_RESPONSES, self.drills.on_response, "drills_responses")
 

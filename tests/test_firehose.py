@@ -119,3 +119,68 @@ def test_firehose_child_restarted_and_dies_with_its_worker(new_settings: Any, st
     # Killed without a chance to clean up, the worker still takes its child with it.
     w.stop(signal.SIGKILL)
     wait_for(lambda: not alive(second), 15, "the firehose child to exit with its worker")
+
+
+class _Sent:
+    """Records the dead letters the firehose sends (a stand-in producer: this test is about
+    what the firehose decides when Redis refuses one event of a chunk)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes, bytes | None]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None) -> Any:
+        import asyncio
+
+        self.records.append((topic, value, key))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+@pytest.mark.integration
+def test_status_chunk_with_an_event_redis_cannot_apply_refuses_only_that_event(new_settings: Any) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+    from aiokafka.structs import ConsumerRecord, TopicPartition
+
+    from kaifong.agents.units import Prepared, UnitsIntake
+    from kaifong.agents.unitstore import STATUS_LUA, UnitStore
+
+    settings = new_settings()
+    topic = settings.topic_prefix + "units.status.v1"
+
+    async def run() -> tuple[list[Any], dict[str, int], Any]:
+        r = aioredis.Redis.from_url(settings.redis_url)
+        store = UnitStore(r, 60)
+        await store.load_scripts()
+        # The real script, made to fail on one unit: it stands for an event the script cannot
+        # apply (a bug the schema does not catch). Without the fallback the whole chunk — and
+        # the firehose with it — would fail on every retry.
+        assert store._sha is not None
+        store._sha["status"] = await r.script_load(STATUS_LUA.replace(
+            "local events = cjson.decode(ARGV[2])",
+            "local events = cjson.decode(ARGV[2])\n"
+            "for _, x in ipairs(events) do if x[2] == 'poison' then error('cannot apply') end end", 1))
+        intake = UnitsIntake(settings, r, store)
+        prepared = Prepared(started=time.perf_counter())
+        for offset, unit in enumerate(("u1", "poison", "u2")):
+            event = {"event_id": f"e-{unit}", "unit_id": unit, "status": "available", "seq": 1,
+                     "at": "2026-11-29T14:00:00+08:00"}
+            rec = ConsumerRecord(topic, 0, offset, 0, 0, unit.encode(), orjson.dumps(event), None, 0, 0, ())
+            prepared.status.append((rec, event))
+        prepared.offsets[TopicPartition(topic, 0)] = 3
+        sent = _Sent()
+        await intake.apply(prepared, sent)  # type: ignore[arg-type]
+        live = [await r.hget(live_key(u), "status") for u in ("u1", "poison", "u2")]
+        await r.aclose()
+        return live, prepared.counts, sent.records
+
+    live, counts, dead = asyncio.run(run())
+    assert live == [b"available", None, b"available"]
+    assert counts == {(topic, "ok"): 2, (topic, "refused"): 1}
+    [(dl_topic, body, key)] = dead
+    assert dl_topic == settings.topic_prefix + "deadletter.v1" and key == b"poison"
+    letter = orjson.loads(body)
+    assert letter["error_class"] == "internal_error" and "cannot apply" in letter["error"]
+    assert letter["source_offset"] == 1
