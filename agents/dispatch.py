@@ -11,7 +11,7 @@ incident, so a replay republishes the same assignments instead of deciding anew.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -109,8 +109,15 @@ class Dispatcher:
         return await self.store.candidates(view.lat, view.lon, [(k, *SEARCH[k]) for k in wanted], pool=pool)
 
     async def decide(self, view: IncidentView, rings: list[int], *, exclude: frozenset[str] = frozenset(),
-                     attempt: int = 0) -> list[RingDecision]:
-        """Choose and atomically reserve units for ``rings``; retry around lost races."""
+                     attempt: int = 0,
+                     writes: Callable[[list[RingDecision]], Sequence[Sequence[Any]]] | None = None,
+                     ) -> list[RingDecision]:
+        """Choose and atomically reserve units for ``rings``; retry around lost races.
+
+        ``writes(decisions)`` gives the Redis commands that record a decision; they are done in
+        the reservation's atomic step (only for the decision whose reservation succeeds). When
+        every retry lost its race, the empty decisions returned have not been written.
+        """
         pool = "drill" if view.exercise else "avail"
         ring_table = [r for r in self.settings.ring_table() if r.number in rings]
         kinds = {k for r in ring_table for k in RING_KINDS.get(r.number, ())}
@@ -124,7 +131,8 @@ class Dispatcher:
                                               readiness_weight=self.settings.readiness_weight)
             chosen = [(u.unit_id, d.ring) for d in decisions for u in d.units]
             failed = await self.store.reserve(view.incident_id, chosen, pool=pool,
-                                              now_ms=int(self.clock().timestamp() * 1000))
+                                              now_ms=int(self.clock().timestamp() * 1000),
+                                              writes=writes(decisions) if writes else None)
             if not failed:
                 return decisions
             metrics.RESERVATION_CONFLICTS.inc(len(failed))

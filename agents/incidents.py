@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 from kaifong.agents import clock
 from kaifong.agents.dispatch import Dispatcher, assignment_body, outcome_of, view_of
 from kaifong.agents.intake import Duplicate, Refused, current_message
+from kaifong.agents.matching import IncidentView, RingDecision
 from kaifong.agents.ringclock import RingClock, member, parse_member
 from kaifong.agents.unitstore import UnitStore
 from kaifong.streams import metrics
@@ -193,25 +194,36 @@ class Incidents:
                                      clock.parse_time(body["raised_at"]), subject=body["incident_id"])
         return (self.escalation_topic, body["incident_id"].encode(), orjson.dumps(body), headers)
 
+    def writes(self, doc: dict[str, Any], records: list[Record], timers: list[tuple[str, int]] | None = None,
+               open_escalations: dict[str, str] | None = None) -> list[tuple[Any, ...]]:
+        """The Redis commands that store a change: document, outbox, timers, open escalations."""
+        incident_id = doc["state"]["incident_id"]
+        commands: list[tuple[Any, ...]] = [("SET", incident_key(incident_id), _stored(doc))]
+        if records:
+            commands.append(("SET", outbox_key(incident_id), orjson.dumps(_pack(records))))
+        if timers:
+            commands.append(("ZADD", self.timers.due_key(int(doc["partition"])),
+                             *(x for name, due in timers for x in (due, name))))
+        if open_escalations:
+            commands.append(("HSET", self._esc_open_key(), *(x for kv in open_escalations.items() for x in kv)))
+        return commands
+
     async def commit(self, doc: dict[str, Any], records: list[Record],
-                     timers: list[tuple[str, int]] | None = None, open_escalations: dict[str, str] | None = None
-                     ) -> dict[str, Any]:
+                     timers: list[tuple[str, int]] | None = None, open_escalations: dict[str, str] | None = None,
+                     *, written: bool = False) -> dict[str, Any]:
         """Store the change with its outbox (and its timers), send the outbox, clear it.
 
-        The outbox pattern: the change and what it must publish are written in one transaction; a
-        crash before the outbox is deleted re-sends it on the next touch of the incident. The
-        document is encoded once per change; clearing the outbox is a DEL, not a rewrite.
+        The outbox pattern: the change and what it must publish are written in one transaction
+        (``written``: already done, in the reservation's atomic step); a crash before the outbox
+        is deleted re-sends it on the next touch of the incident. The document is encoded once
+        per change; clearing the outbox is a DEL, not a rewrite.
         """
+        if not written:
+            pipe = self.redis.pipeline(transaction=True)
+            for command in self.writes(doc, records, timers, open_escalations):
+                pipe.execute_command(*command)
+            await pipe.execute()
         incident_id = doc["state"]["incident_id"]
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(incident_key(incident_id), _stored(doc))
-        if records:
-            pipe.set(outbox_key(incident_id), orjson.dumps(_pack(records)))
-        if timers:
-            pipe.zadd(self.timers.due_key(int(doc["partition"])), dict(timers))
-        if open_escalations:
-            pipe.hset(self._esc_open_key(), mapping=dict(open_escalations))  # type: ignore[arg-type]
-        await pipe.execute()
         if records:
             await self.send_all(records)
             ACKED_AT.set(time.perf_counter())
@@ -287,7 +299,29 @@ class Incidents:
             await self.store.release(incident_id, held)
         view = view_of(doc["report"])
         rings = clock.initial_rings(view.severity, [r.number for r in self.settings.ring_table()])
-        decisions = await self.dispatcher.decide(view, rings)
+        built: dict[str, Any] = {}
+        base: dict[str, Any] = doc
+
+        def writes(decisions: list[RingDecision]) -> list[tuple[Any, ...]]:
+            # Built for each candidate decision; stored by the reservation that succeeds.
+            built.clear()
+            built.update(self._decided(base, view, decisions), decisions=decisions)
+            return self.writes(built["doc"], built["records"], built["timers"], built["open"])
+
+        decisions = await self.dispatcher.decide(view, rings, writes=writes)
+        written = built.get("decisions") is decisions
+        if not written:  # every reservation lost its race: the empty decision is stored here
+            built.update(self._decided(base, view, decisions))
+        doc = await self.commit(built["doc"], built["records"], built["timers"], built["open"], written=written)
+        bodies, escalations = built["bodies"], built["escalations"]
+        if self.on_dispatched is not None:
+            await self.on_dispatched([u["unit_id"] for b in bodies for u in b["units"]])
+        self._count_decision(doc, escalations)
+        return doc
+
+    def _decided(self, doc: dict[str, Any], view: IncidentView, decisions: list[RingDecision]) -> dict[str, Any]:
+        """A report's first decision as a change: document, records, timers, open escalations."""
+        incident_id = view.incident_id
         now = self.clock()
         bodies = [assignment_body(incident_id, d, 0, now, view.exercise) for d in decisions]
         state = clock.with_assignments(doc["state"], bodies, now)
@@ -307,12 +341,8 @@ class Incidents:
                    for e in escalations]
         records = ([self.assignment_record(b) for b in bodies] + [self.escalation_record(e) for e in escalations]
                    + [self.state_record(state)])
-        doc = await self.commit(doc, records, timers,
-                                {e["escalation_id"]: e["level"] for e in escalations if not e["exercise"]})
-        if self.on_dispatched is not None:
-            await self.on_dispatched([u["unit_id"] for b in bodies for u in b["units"]])
-        self._count_decision(doc, escalations)
-        return doc
+        return {"doc": doc, "records": records, "timers": timers, "bodies": bodies, "escalations": escalations,
+                "open": {e["escalation_id"]: e["level"] for e in escalations if not e["exercise"]}}
 
     def _renotify_ms(self) -> int:
         return int(self.settings.escalation_renotify_s * 1000)

@@ -173,10 +173,12 @@ redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 return 'ok'
 """
 
-# ARGV: incident_id, pool, now_ms, stale_ms, n, unit ids (n), rings (n) → {} when all n are
-# reserved, else the units that could not be (and nothing is reserved). Reserving again for
-# the same incident is a no-op (replay-safe). Every reservation is also recorded in the
-# incident's set ``kf:inc:{id}:units`` so a replay can find what an interrupted decision held.
+# ARGV: incident_id, pool, now_ms, stale_ms, n, unit ids (n), rings (n), then optionally the
+# writes that go with the reservation: a count of commands, then each as (argc, args…) → {}
+# when all n are reserved (and the writes done, in the same atomic step), else the units that
+# could not be (and nothing is reserved or written). Reserving again for the same incident is a
+# no-op (replay-safe). Every reservation is also recorded in the incident's set
+# ``kf:inc:{id}:units`` so a replay can find what an interrupted decision held.
 RESERVE_LUA = _REINDEX + """
 local inc, pool, now, stale_ms, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local want = pool == 'drill' and 'drilling' or 'available'
@@ -196,6 +198,15 @@ for i = 6, 5 + n do
   redis.call('HSET', live, 'reserved_by', inc, 'reserved_ring', ARGV[i + n], 'reserved_ms', ARGV[3])
   redis.call('SADD', 'kf:inc:' .. inc .. ':units', ARGV[i])
   reindex(live, ARGV[i])
+end
+local j = 6 + 2 * n
+if ARGV[j] then
+  j = j + 1
+  for _ = 1, tonumber(ARGV[j - 1]) do
+    local argc = tonumber(ARGV[j])
+    redis.call(unpack(ARGV, j + 1, j + argc))
+    j = j + argc + 1
+  end
 end
 return {}
 """
@@ -298,14 +309,24 @@ class UnitStore:
             return await self.redis.evalsha(await self.sha(name), len(keys), *keys, *args)
 
     async def reserve(self, incident_id: str, units: Sequence[tuple[str, int]], *, pool: str,
-                      now_ms: int) -> list[str]:
-        """Reserve every ``(unit_id, ring)`` for the incident, or none; return those that failed."""
-        if not units:
+                      now_ms: int, writes: Sequence[Sequence[Any]] | None = None) -> list[str]:
+        """Reserve every ``(unit_id, ring)`` for the incident, or none; return those that failed.
+
+        ``writes`` (Redis commands, e.g. ``("SET", key, value)``) are done in the same atomic
+        step when — and only when — every unit is reserved: the decision and its record are
+        stored together, in one round trip.
+        """
+        if not units and not writes:
             return []
         ids = [u for u, _ in units]
         rings = [r for _, r in units]
+        tail: list[Any] = []
+        if writes:
+            tail.append(len(writes))
+            for command in writes:
+                tail += [len(command), *command]
         failed = await self._eval("reserve", (), (incident_id, pool, now_ms, int(self.stale_after_s * 1000),
-                                                   len(units), *ids, *rings))
+                                                   len(units), *ids, *rings, *tail))
         return [f.decode() if isinstance(f, bytes) else str(f) for f in failed]
 
     async def held_by(self, incident_id: str) -> set[str]:
