@@ -289,7 +289,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from kaifong.agents.bench import main as bench_main
 
     return bench_main(args.events, args.incident_rate, args.duration, args.json, args.broker_url or None,
-                      args.redis_url or None, args.units, args.open_incidents)
+                      args.redis_url or None, args.units, args.open_incidents,
+                      only="" if args.what == "all" else args.what)
 
 
 # -- drill ------------------------------------------------------------------------------------
@@ -501,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--exercise-share", type=float, default=0.05)
     sm.add_argument("--no-registry", action="store_true", help="do not publish the registry first")
     b = sub.add_parser("bench", help="measure kaifong against the same-run aiokafka baseline and broker floor")
+    b.add_argument("what", nargs="?", choices=["all", "dispatch"], default="all",
+                   help="all phases (default), or dispatch alone: the city loaded, incidents at the fixed rate")
     b.add_argument("--json", default="", help="also write the results as JSON to this file")
     b.add_argument("--events", type=int, default=200_000, help="status events for the throughput phases")
     b.add_argument("--incident-rate", type=float, default=100.0, help="incidents per second (latency phase)")

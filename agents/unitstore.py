@@ -164,7 +164,9 @@ return out
 REGISTRY_LUA = _REINDEX + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'dup' end
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[3], 'kind', ARGV[4], 'district', ARGV[7], 'grid', ARGV[8])
+-- regv: the registry entry's version, so that a worker's cache of entries is never stale.
+redis.call('HSET', KEYS[3], 'kind', ARGV[4], 'district', ARGV[7], 'grid', ARGV[8],
+           'regv', redis.call('INCR', 'kf:units:regver'))
 if not redis.call('HGET', KEYS[3], 'lat') then redis.call('HSET', KEYS[3], 'lat', ARGV[5], 'lon', ARGV[6]) end
 redis.call('SADD', 'kf:units:all', ARGV[3])
 redis.call('SADD', 'kf:units:district:' .. ARGV[7], ARGV[3])
@@ -239,7 +241,8 @@ return #ids
 """
 
 # ARGV: pool, lon, lat, then (kind, radius_m, count) triples. One round trip for every kind's
-# search, widening ×4 for a kind that found nobody. Returns flat {uid, lon, lat, …}.
+# search, widening ×4 for a kind that found nobody. Returns flat {uid, lon, lat, regv, …}
+# (regv: the version of the unit's registry entry, '' for an entry older than versions).
 CANDIDATES_LUA = """
 local out = {}
 for i = 4, #ARGV, 3 do
@@ -252,6 +255,7 @@ for i = 4, #ARGV, 3 do
   end
   for _, r in ipairs(rows) do
     table.insert(out, r[1]); table.insert(out, r[2][1]); table.insert(out, r[2][2])
+    table.insert(out, redis.call('HGET', 'kf:unit:' .. r[1] .. ':live', 'regv') or '')
   end
 end
 return out
@@ -359,29 +363,56 @@ class UnitStore:
         for kind, radius, count in searches:
             args += [kind, radius, count]
         flat = await self._eval("candidates", (), args)
-        hits = [(flat[i].decode(), float(flat[i + 2]), float(flat[i + 1])) for i in range(0, len(flat), 3)]
+        hits = [(flat[i].decode(), float(flat[i + 2]), float(flat[i + 1]), flat[i + 3])
+                for i in range(0, len(flat), 4)]
         if not hits:
             return []
         now = time.monotonic()
-        missing = [uid for uid, _, _ in hits if (c := self._registry_cache.get(uid)) is None or c[0] < now]
+        missing = [(uid, regv) for uid, _, _, regv in hits if not self._cached(uid, regv, now)]
         if missing:
-            for uid, raw in zip(missing, await self.redis.mget([registry_key(u) for u in missing]), strict=True):
-                if raw is None:
-                    self._registry_cache.pop(uid, None)
-                    continue  # in the index but its registry entry is gone: not dispatchable
-                reg = orjson.loads(raw)
-                self._registry_cache[uid] = (now + REGISTRY_CACHE_S, reg["kind"], reg["responders"],
-                                             frozenset(reg["equipment"]), reg["district"], reg["grid"],
-                                             reg["venue"]["id"])
+            ids = [uid for uid, _ in missing]
+            for (uid, regv), raw in zip(missing, await self.redis.mget([registry_key(u) for u in ids]), strict=True):
+                self._cache(uid, regv, raw, now)
         out = []
-        for uid, hlat, hlon in hits:
+        for uid, hlat, hlon, _ in hits:
             cached = self._registry_cache.get(uid)
             if cached is None:
                 continue
-            _, kind, responders, equipment, district, grid, venue_id = cached
+            _, _, kind, responders, equipment, district, grid, venue_id = cached
             out.append(Candidate(unit_id=uid, kind=kind, lat=hlat, lon=hlon, responders=responders,
                                  equipment=equipment, district=district, grid=grid, venue_id=venue_id))
         return out
+
+    def _cached(self, uid: str, regv: bytes, now: float) -> bool:
+        """Whether the cached registry entry of ``uid`` is current (same version; an entry
+        without a version is trusted for ``REGISTRY_CACHE_S``)."""
+        c = self._registry_cache.get(uid)
+        return c is not None and (c[1] == regv if regv else c[0] >= now)
+
+    def _cache(self, uid: str, regv: bytes, raw: bytes | str | None, now: float) -> None:
+        if raw is None:
+            self._registry_cache.pop(uid, None)  # in the index but its entry is gone: not dispatchable
+            return
+        reg = orjson.loads(raw)
+        self._registry_cache[uid] = (now + REGISTRY_CACHE_S, regv, reg["kind"], reg["responders"],
+                                     frozenset(reg["equipment"]), reg["district"], reg["grid"], reg["venue"]["id"])
+
+    async def warm_registry(self, chunk: int = 1000) -> int:
+        """Read every unit's registry entry into the cache (a worker's first decisions then
+        need no registry round trip); return how many were read."""
+        members: set[bytes] = await self.redis.smembers("kf:units:all")  # type: ignore[misc,assignment]
+        ids = sorted(m.decode() for m in members)
+        for i in range(0, len(ids), chunk):
+            part = ids[i:i + chunk]
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.mget([registry_key(u) for u in part])
+            for uid in part:
+                pipe.hget(live_key(uid), "regv")
+            raws, *versions = await pipe.execute()
+            now = time.monotonic()
+            for uid, raw, regv in zip(part, raws, versions, strict=True):
+                self._cache(uid, regv or b"", raw, now)
+        return len(ids)
 
     async def available_counts(self) -> dict[tuple[str, str], int]:
         """Dispatchable units per (district, kind), from the counters the scripts keep."""

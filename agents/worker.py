@@ -102,6 +102,13 @@ class Worker:
             app.early_tasks.append(self.units.run)
 
         @app.task
+        async def warm_registry() -> None:
+            # The registry entries of every unit, read once at start: the first decisions then
+            # take no registry round trip (entries carry a version: the cache is never stale).
+            n = await self.pipeline.retrying("warm", self.store.warm_registry)
+            log.info("registry of %d units cached", n)
+
+        @app.task
         async def ring_clock() -> None:
             await self.clock_loop()
 

@@ -184,3 +184,51 @@ def test_status_chunk_with_an_event_redis_cannot_apply_refuses_only_that_event(n
     letter = orjson.loads(body)
     assert letter["error_class"] == "internal_error" and "cannot apply" in letter["error"]
     assert letter["source_offset"] == 1
+
+
+@pytest.mark.integration
+def test_registry_change_reaches_the_next_decision_despite_the_cache(new_settings: Any) -> None:
+    """A worker caches registry entries for matching; each carries a version, so an update of a
+    unit's equipment is seen by the very next candidate search (no stale cache window)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+    from aiokafka.structs import ConsumerRecord, TopicPartition
+
+    from kaifong.agents.units import Prepared, UnitsIntake
+    from kaifong.agents.unitstore import UnitStore
+
+    settings = new_settings()
+    reg_topic, status_topic = settings.topic_prefix + "units.registry.v1", settings.topic_prefix + "units.status.v1"
+
+    def entry(event_id: str, equipment: list[str]) -> dict[str, Any]:
+        return {"event_id": event_id, "unit_id": "u-cache", "kind": "unit", "name": "单元", "district": "天河区",
+                "police_grid": "PG1", "grid": "G1", "venue": {"id": "V1", "type": "school"},
+                "home": {"lat": 23.13, "lon": 113.32}, "responders": 6, "equipment": equipment}
+
+    async def apply(intake: UnitsIntake, registry: dict[str, Any] | None, status: dict[str, Any] | None) -> None:
+        prepared = Prepared(started=time.perf_counter())
+        for topic, event, target in ((reg_topic, registry, prepared.registry), (status_topic, status, prepared.status)):
+            if event is not None:
+                rec = ConsumerRecord(topic, 0, 0, 0, 0, b"u-cache", orjson.dumps(event), None, 0, 0, ())
+                target.append((rec, event))
+                prepared.offsets[TopicPartition(topic, 0)] = 1
+        await intake.apply(prepared, _Sent())  # type: ignore[arg-type]
+
+    async def run() -> tuple[frozenset[str], frozenset[str], int]:
+        r = aioredis.Redis.from_url(settings.redis_url)
+        intake = UnitsIntake(settings, r, UnitStore(r, 3600))
+        matcher = UnitStore(r, 3600)  # the worker's store, with its own cache
+        await apply(intake, entry("g1", ["aed"]), {"event_id": "s1", "unit_id": "u-cache", "status": "available",
+                                                   "seq": 1, "at": "2026-11-29T14:00:00+08:00"})
+        assert await matcher.warm_registry() == 1
+        [before] = await matcher.candidates(23.13, 113.32, [("unit", 500.0, 5)], pool="avail")
+        await apply(intake, entry("g2", ["aed", "life_buoy"]), None)
+        [after] = await matcher.candidates(23.13, 113.32, [("unit", 500.0, 5)], pool="avail")
+        await r.aclose()
+        return before.equipment, after.equipment, after.responders
+
+    before, after, responders = asyncio.run(run())
+    assert before == frozenset({"aed"})
+    assert after == frozenset({"aed", "life_buoy"})
+    assert responders == 6
