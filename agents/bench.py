@@ -221,13 +221,9 @@ class Bench:
 
     def status_events(self, units: list[dict[str, Any]], n: int, seq0: int) -> list[tuple[bytes, bytes]]:
         now = datetime.now(UTC).isoformat()
-        out = []
-        for i in range(n):
-            u = units[i % len(units)]
-            out.append((u["unit_id"].encode(), orjson.dumps({
-                "event_id": f"s{seq0}-{i}", "unit_id": u["unit_id"], "status": "available", "at": now,
-                "seq": seq0 + i, "location": u["home"]})))
-        return out
+        picked = [units[i % len(units)] for i in range(n)]
+        return [(u["unit_id"].encode(), status_event(u["unit_id"], u["home"], f"s{seq0}-{i}", seq0 + i, now))
+                for i, u in enumerate(picked)]
 
     async def produce_all(self, topic: str, records: list[tuple[bytes, bytes]]) -> float:
         p = await self.producer()
@@ -506,8 +502,9 @@ class Bench:
         await producer.flush()
         await producer.stop()
 
-    async def register_city(self, units: list[dict[str, Any]]) -> WorkerHandle:
-        """Publish the city's registry, start a worker, wait until it has every unit."""
+    async def register_city(self, units: list[dict[str, Any]], *, available: bool = False) -> WorkerHandle:
+        """Publish the city's registry, start a worker, wait until it has every unit (and, with
+        ``available``, until every unit has reported available)."""
         await self.produce_all(self.topic("units.registry.v1"),
                                [(u["unit_id"].encode(), orjson.dumps(u)) for u in units])
         worker = self.start_worker()
@@ -515,7 +512,18 @@ class Bench:
                                    topic=self.topic("units.registry.v1"))
         if math.isnan(done):
             raise BenchLoss("registry: not every unit was registered")
+        if available:
+            await self.produce_all(self.topic("units.status.v1"), self.status_events(units, len(units), seq0=1))
+            _, done = self.wait_metric("kaifong_events_in_total", len(units), 120,
+                                       topic=self.topic("units.status.v1"))
+            if math.isnan(done):
+                raise BenchLoss("not every unit reported available")
         return worker
+
+    async def dispatch_alone(self, units: list[dict[str, Any]]) -> None:
+        """Incidents at the fixed rate with no other load: results under ``dispatch_*``."""
+        self.results.update({f"dispatch_{k}": v for k, v in (await self.incidents_under_load(units, 0)).items()
+                             if k != "status_background_achieved_per_s"})
 
     async def fresh_stack(self, units: list[dict[str, Any]]) -> WorkerHandle:
         """The latency phases run on a fresh embedded broker and Redis, the city loaded again.
@@ -539,29 +547,18 @@ class Bench:
         wait_for_broker(self.settings)
         ensure_topics(self.settings)
         ensure_topics(self.settings, (TopicSpec("bench.floor", "k", "unit-status", "input"),))
-        worker = await self.register_city(units)
-        await self.produce_all(self.topic("units.status.v1"), self.status_events(units, len(units), seq0=1))
-        _, done = self.wait_metric("kaifong_events_in_total", len(units), 120, topic=self.topic("units.status.v1"))
-        if math.isnan(done):
-            raise BenchLoss("latency phases: not every unit reported available")
-        return worker
+        return await self.register_city(units, available=True)
 
     async def run_dispatch(self, units: list[dict[str, Any]]) -> dict[str, Any]:
         """``kaifong bench dispatch``: the city loaded, every unit available, the broker floor,
         then incidents at the fixed rate — decision time and reported→assignment, no other load."""
         r = self.results
         self.log(f"[1/3] {len(units):,} units registered and reporting available …")
-        worker = await self.register_city(units)
-        await self.produce_all(self.topic("units.status.v1"), self.status_events(units, len(units), seq0=1))
-        _, done = self.wait_metric("kaifong_events_in_total", len(units), 120, topic=self.topic("units.status.v1"))
-        if math.isnan(done):
-            raise BenchLoss("dispatch: not every unit reported available")
+        await self.register_city(units, available=True)
         self.log("[2/3] broker floor: produce → consume latency …")
         r["broker_floor_p50_ms"], r["broker_floor_p99_ms"] = await self.floor()
         self.log(f"[3/3] dispatch: incidents at {self.incident_rate:g}/s for {self.duration_s:g}s …")
-        r.update({f"dispatch_{k}": v for k, v in (await self.incidents_under_load(units, 0)).items()
-                  if k != "status_background_achieved_per_s"})
-        _ = worker
+        await self.dispatch_alone(units)
         return r
 
     # -- the run ------------------------------------------------------------------------------
@@ -625,8 +622,7 @@ class Bench:
 
         self.log(f"[4/7] dispatch: incidents at {self.incident_rate:g}/s for {self.duration_s:g}s, the city "
                  "loaded, no status traffic …")
-        r.update({f"dispatch_{k}": v for k, v in (await self.incidents_under_load(units, 0)).items()
-                  if k != "status_background_achieved_per_s"})
+        await self.dispatch_alone(units)
         rate = r["kaifong_status_events_per_s"] / 2
         self.log(f"[5/7] incidents at {self.incident_rate:g}/s for {self.duration_s:g}s with status traffic at "
                  f"{rate:,.0f}/s …")
@@ -646,6 +642,12 @@ class Bench:
         # Both processes of the worker: the incident flow's and the firehose's peaks, added.
         r["worker_peak_rss_mb"] = sum(peak_rss_mb(p) for p in [worker.proc.pid, *children(worker.proc.pid)])
         return r
+
+
+def status_event(unit_id: str, home: dict[str, float], event_id: str, seq: int, at: str) -> bytes:
+    """One "available" status event of a unit at its home, encoded."""
+    return orjson.dumps({"event_id": event_id, "unit_id": unit_id, "status": "available", "at": at, "seq": seq,
+                         "location": home})
 
 
 def status_traffic(settings: Settings, topic: str, units: list[tuple[str, dict[str, float]]], rate: float,
@@ -673,9 +675,8 @@ def status_traffic(settings: Settings, topic: str, units: list[tuple[str, dict[s
                 for _ in range(per_tick):
                     unit_id, home = units[i % len(units)]
                     i += 1
-                    await producer.send(topic, orjson.dumps({
-                        "event_id": f"bg{seq}-{i}", "unit_id": unit_id, "status": "available", "at": now,
-                        "seq": seq + i, "location": home}), key=unit_id.encode())
+                    await producer.send(topic, status_event(unit_id, home, f"bg{seq}-{i}", seq + i, now),
+                                        key=unit_id.encode())
                 sent.value = i
                 await asyncio.sleep(max(0.0, started + (i / per_tick) * tick - time.perf_counter()))
         finally:

@@ -17,6 +17,7 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kaifong.agents.bench import children
 from kaifong.agents.firehose import merged_exposition
 from kaifong.agents.unitstore import live_key
 
@@ -57,13 +58,6 @@ def test_merged_exposition_sums_counters_and_histograms_keeps_parent_gauges() ->
     assert not any(name.startswith("process_") for name, _ in merged)
     # No child: the parent's exposition as it is.
     assert merged_exposition(None, parent) == generate_latest(parent)
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in (task / "children").read_text().split()]
-    return out
 
 
 def alive(pid: int) -> bool:
