@@ -103,6 +103,20 @@ class Dispatcher:
         """Full name of the assignments topic."""
         return self.settings.topic_prefix + "dispatch.assignments.v1"
 
+    def _plan(self, view: IncidentView, rings: list[int]) -> tuple[str, list[Any], list[str]]:
+        """Pool, ring table and unit kinds of a decision for ``rings``."""
+        pool = "drill" if view.exercise else "avail"
+        ring_table = [r for r in self.settings.ring_table() if r.number in rings]
+        kinds = sorted({k for r in ring_table for k in RING_KINDS.get(r.number, ())})
+        return pool, ring_table, kinds
+
+    def search_args(self, view: IncidentView, rings: list[int]) -> list[Any]:
+        """Arguments of the candidates search for ``rings`` (``unitstore.CANDIDATES_FN``), for a
+        script that runs the search in its own round trip; read its result with
+        ``store.found`` and pass that to :meth:`decide`."""
+        pool, _, kinds = self._plan(view, rings)
+        return self.store.search_args(view.lat, view.lon, [(k, *SEARCH[k]) for k in kinds], pool=pool)
+
     async def find(self, view: IncidentView, kinds: Iterable[str], pool: str) -> list[Candidate]:
         """Dispatchable candidates of ``kinds`` near the incident."""
         wanted = sorted(set(kinds))
@@ -111,17 +125,18 @@ class Dispatcher:
     async def decide(self, view: IncidentView, rings: list[int], *, exclude: frozenset[str] = frozenset(),
                      attempt: int = 0,
                      writes: Callable[[list[RingDecision]], Sequence[Sequence[Any]]] | None = None,
+                     candidates: list[Candidate] | None = None,
                      ) -> list[RingDecision]:
         """Choose and atomically reserve units for ``rings``; retry around lost races.
 
         ``writes(decisions)`` gives the Redis commands that record a decision; they are done in
         the reservation's atomic step (only for the decision whose reservation succeeds). When
         every retry lost its race, the empty decisions returned have not been written.
+        ``candidates``: found already (see :meth:`search_args`); searched here when None.
         """
-        pool = "drill" if view.exercise else "avail"
-        ring_table = [r for r in self.settings.ring_table() if r.number in rings]
-        kinds = {k for r in ring_table for k in RING_KINDS.get(r.number, ())}
-        candidates = await self.find(view, kinds, pool)
+        pool, ring_table, kinds = self._plan(view, rings)
+        if candidates is None:
+            candidates = await self.find(view, kinds, pool)
         lost: set[str] = set()
         for _ in range(MAX_CONFLICT_RETRIES):
             pool_now = [c for c in candidates if c.unit_id not in lost]

@@ -36,7 +36,7 @@ from kaifong.agents.dispatch import Dispatcher, assignment_body, outcome_of, vie
 from kaifong.agents.intake import Duplicate, Refused, current_message
 from kaifong.agents.matching import IncidentView, RingDecision
 from kaifong.agents.ringclock import RingClock, member, parse_member
-from kaifong.agents.unitstore import UnitStore
+from kaifong.agents.unitstore import CANDIDATES_FN, UnitStore
 from kaifong.streams import metrics
 from kaifong.streams.codec import Headers, cloudevent_headers, dead_letter
 from kaifong.streams.settings import Settings
@@ -72,21 +72,26 @@ def early_key(incident_id: str) -> str:
 
 #: Open an incident in one round trip: the stored document if there is one, else the fresh
 #: document stored and the incident added to its open set; with the outbox, the units an
-#: interrupted decision had reserved and whether updates were parked for it.
+#: interrupted decision had reserved and whether updates were parked for it; and, for a fresh
+#: incident, the candidates of its first decision (the search of ``unitstore.CANDIDATES_FN``),
+#: so that the decision needs no round trip of its own to find them.
 #: KEYS: document, outbox, units held, early updates, open set. ARGV: fresh document, id, the
-#: report's dedupe key ('' = checked already). Returns {document or false, outbox or false, held
-#: units, early exists, 1 if created}, or {'dup'} when the report was processed before.
-OPEN_SCRIPT = """
+#: report's dedupe key ('' = checked already), then the candidates search (none: no search).
+#: Returns {document or false, outbox or false, held units, early exists, 1 if created,
+#: candidates}, or {'dup'} when the report was processed before.
+OPEN_SCRIPT = CANDIDATES_FN + """
 if ARGV[3] ~= '' and redis.call('EXISTS', ARGV[3]) == 1 then return {'dup'} end
 local doc = redis.call('GET', KEYS[1])
 local created = 0
+local found = {}
 if not doc then
   redis.call('SET', KEYS[1], ARGV[1])
   redis.call('SADD', KEYS[5], ARGV[2])
   created = 1
+  if ARGV[4] then found = candidates(4) end
 end
 return {doc or false, redis.call('GET', KEYS[2]) or false, redis.call('SMEMBERS', KEYS[3]),
-        redis.call('EXISTS', KEYS[4]), created}
+        redis.call('EXISTS', KEYS[4]), created, found}
 """
 
 #: When the current change's records were acknowledged by the broker (perf_counter), for the
@@ -280,25 +285,30 @@ class Incidents:
         kept = {k: v for k, v in report.items() if k != "caller"}
         fresh: dict[str, Any] = {"state": state, "applied": [], "report": kept, "assignments": None,
                                  "escalations": {}, "partition": self._partition(), "outbox": []}
+        view = view_of(kept)
+        rings = clock.initial_rings(view.severity, [r.number for r in self.settings.ring_table()])
         inbound = current_message.get(None)
         opened = await self._open(
             keys=[incident_key(incident_id), outbox_key(incident_id), f"kf:inc:{incident_id}:units",
                   early_key(incident_id), self._open_key(state["exercise"])],
-            args=[_stored(fresh), incident_id, (inbound.dedupe if inbound else None) or ""])
+            args=[_stored(fresh), incident_id, (inbound.dedupe if inbound else None) or "",
+                  *self.dispatcher.search_args(view, rings)])
         if len(opened) == 1:
             raise Duplicate
-        raw_doc, raw_outbox, held_raw, self._early_waiting[incident_id], created = opened
+        raw_doc, raw_outbox, held_raw, self._early_waiting[incident_id], created, found = opened
         doc: dict[str, Any] | None = fresh if created else self._doc(raw_doc, raw_outbox)
         assert doc is not None
+        candidates = await self.store.found(found) if created else None
         if not created:
             await self.flush_outbox(doc)  # replay: finish what was interrupted, decide nothing new
             if doc.get("assignments") is not None:
                 return None
+            view = view_of(doc["report"])
+            rings = clock.initial_rings(view.severity, [r.number for r in self.settings.ring_table()])
         held = {m.decode() for m in held_raw}
         if held:  # reserved by a decision that was interrupted before it was stored
             await self.store.release(incident_id, held)
-        view = view_of(doc["report"])
-        rings = clock.initial_rings(view.severity, [r.number for r in self.settings.ring_table()])
+            candidates = None  # search again: the released units are candidates too
         built: dict[str, Any] = {}
         base: dict[str, Any] = doc
 
@@ -308,7 +318,7 @@ class Incidents:
             built.update(self._decided(base, view, decisions), decisions=decisions)
             return self.writes(built["doc"], built["records"], built["timers"], built["open"])
 
-        decisions = await self.dispatcher.decide(view, rings, writes=writes)
+        decisions = await self.dispatcher.decide(view, rings, writes=writes, candidates=candidates)
         written = built.get("decisions") is decisions
         if not written:  # every reservation lost its race: the empty decision is stored here
             built.update(self._decided(base, view, decisions))

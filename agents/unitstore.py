@@ -240,26 +240,33 @@ end
 return #ids
 """
 
-# ARGV: pool, lon, lat, then (kind, radius_m, count) triples. One round trip for every kind's
-# search, widening ×4 for a kind that found nobody. Returns flat {uid, lon, lat, regv, …}
-# (regv: the version of the unit's registry entry, '' for an entry older than versions).
-CANDIDATES_LUA = """
-local out = {}
-for i = 4, #ARGV, 3 do
-  local key = 'kf:geo:' .. ARGV[1] .. ':' .. ARGV[i]
-  local rows = redis.call('GEOSEARCH', key, 'FROMLONLAT', ARGV[2], ARGV[3], 'BYRADIUS', ARGV[i + 1], 'm',
-                          'ASC', 'COUNT', ARGV[i + 2], 'WITHCOORD')
-  if #rows == 0 then
-    rows = redis.call('GEOSEARCH', key, 'FROMLONLAT', ARGV[2], ARGV[3], 'BYRADIUS', tonumber(ARGV[i + 1]) * 4,
-                      'm', 'ASC', 'COUNT', ARGV[i + 2], 'WITHCOORD')
+#: Shared Lua: every kind's search in one call. ARGV from ``first``: pool, lon, lat, then
+#: (kind, radius_m, count) triples. A kind that finds nobody is searched 4× wider. Returns flat
+#: {uid, lon, lat, regv, …} (regv: the version of the unit's registry entry, '' for an entry
+#: older than versions). Other scripts (the incident's opening) run it in their own round trip.
+CANDIDATES_FN = """
+local function candidates(first)
+  local out = {}
+  local pool, lon, lat = ARGV[first], ARGV[first + 1], ARGV[first + 2]
+  for i = first + 3, #ARGV, 3 do
+    local key = 'kf:geo:' .. pool .. ':' .. ARGV[i]
+    local rows = redis.call('GEOSEARCH', key, 'FROMLONLAT', lon, lat, 'BYRADIUS', ARGV[i + 1], 'm',
+                            'ASC', 'COUNT', ARGV[i + 2], 'WITHCOORD')
+    if #rows == 0 then
+      rows = redis.call('GEOSEARCH', key, 'FROMLONLAT', lon, lat, 'BYRADIUS', tonumber(ARGV[i + 1]) * 4,
+                        'm', 'ASC', 'COUNT', ARGV[i + 2], 'WITHCOORD')
+    end
+    for _, r in ipairs(rows) do
+      table.insert(out, r[1]); table.insert(out, r[2][1]); table.insert(out, r[2][2])
+      table.insert(out, redis.call('HGET', 'kf:unit:' .. r[1] .. ':live', 'regv') or '')
+    end
   end
-  for _, r in ipairs(rows) do
-    table.insert(out, r[1]); table.insert(out, r[2][1]); table.insert(out, r[2][2])
-    table.insert(out, redis.call('HGET', 'kf:unit:' .. r[1] .. ':live', 'regv') or '')
-  end
+  return out
 end
-return out
 """
+
+# ARGV: see CANDIDATES_FN (from ARGV[1]).
+CANDIDATES_LUA = CANDIDATES_FN + "return candidates(1)\n"
 
 SCRIPTS = {"status": STATUS_LUA, "candidates": CANDIDATES_LUA, "registry": REGISTRY_LUA, "reserve": RESERVE_LUA,
            "release": RELEASE_LUA, "sweep": SWEEP_LUA}
@@ -349,20 +356,30 @@ class UnitStore:
         """Mark units whose last heartbeat is older than ``stale_after_s`` unavailable."""
         return int(await self._eval("sweep", (), (now_ms - int(self.stale_after_s * 1000), limit)))
 
+    @staticmethod
+    def search_args(lat: float, lon: float, searches: Sequence[tuple[str, float, int]], *, pool: str) -> list[Any]:
+        """The arguments of :data:`CANDIDATES_FN` for ``searches`` (``[(kind, radius_m, count)]``)
+        around a point; empty when the point is beyond what the geo index can search."""
+        if not abs(lat) <= GEO_LAT_MAX:
+            return []  # see GEO_LAT_MAX
+        args: list[Any] = [pool, lon, lat]
+        for kind, radius, count in searches:
+            args += [kind, radius, count]
+        return args
+
     async def candidates(self, lat: float, lon: float, searches: Sequence[tuple[str, float, int]],
                          *, pool: str) -> list[Candidate]:
         """Dispatchable units near a point: ``searches`` is ``[(kind, radius_m, count)]``.
 
         One script call runs every kind's GEOSEARCH (small radii keep Redis' own cost low; a
-        kind that finds nobody is searched 4× wider), then one MGET fetches the registry
-        entries not already cached.
+        kind that finds nobody is searched 4× wider), then :meth:`found` reads what it returned.
         """
-        if not abs(lat) <= GEO_LAT_MAX:
-            return []  # beyond what the geo index can search (see GEO_LAT_MAX)
-        args: list[Any] = [pool, lon, lat]
-        for kind, radius, count in searches:
-            args += [kind, radius, count]
-        flat = await self._eval("candidates", (), args)
+        args = self.search_args(lat, lon, searches, pool=pool)
+        return await self.found(await self._eval("candidates", (), args)) if args else []
+
+    async def found(self, flat: Sequence[Any]) -> list[Candidate]:
+        """Candidates from what :data:`CANDIDATES_FN` returned, with their registry entries (one
+        MGET for the entries not already cached)."""
         hits = [(flat[i].decode(), float(flat[i + 2]), float(flat[i + 1]), flat[i + 3])
                 for i in range(0, len(flat), 4)]
         if not hits:
