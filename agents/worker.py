@@ -8,6 +8,7 @@ explicitly (no autodiscovery), so what runs is what this file says.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -33,6 +34,10 @@ from kaifong.streams.topics import DRILLS_RESPONSES, INCIDENTS_REPORTED, INCIDEN
 
 log = logging.getLogger(__name__)
 
+#: How often the registry's version is checked, and how many changes (registry events) make
+#: the cache be read whole again once they have settled (a bulk load, not a few edits).
+REWARM_CHECK_S = 2.0
+REWARM_CHANGES = 100
 
 
 
@@ -102,11 +107,8 @@ class Worker:
             app.early_tasks.append(self.units.run)
 
         @app.task
-        async def warm_registry() -> None:
-            # The registry entries of every unit, read once at start: the first decisions then
-            # take no registry round trip (entries carry a version: the cache is never stale).
-            n = await self.pipeline.retrying("warm", self.store.warm_registry)
-            log.info("registry of %d units cached", n)
+        async def registry_cache() -> None:
+            await self.registry_cache_loop()
 
         @app.task
         async def ring_clock() -> None:
@@ -159,6 +161,29 @@ class Worker:
         if self.settings.watchdog_interval_s > 0:
             watchdog.register(app, self.settings)
         brokerwatch.register(app, self)  # broker data loss: detect, report, recreate topics
+
+    async def registry_cache_loop(self) -> None:
+        """Keep every unit's registry entry in the cache, so decisions take no registry round
+        trip: read at start, and again once a bulk change of the registry (a city loaded after
+        the worker started) has settled. Entries carry a version, so the cache is never stale
+        meanwhile; a few edited units are simply re-read by the next decision that meets them.
+
+        After each full read the objects alive then (start-up and the cache: ~200,000) are
+        frozen out of the garbage collector: a full collection walking them stalled the event
+        loop for 50-120 ms, an incident's whole budget many times over (frozen objects are
+        still freed by reference counting when dropped).
+        """
+        warmed = -REWARM_CHANGES
+        seen = None
+        while True:
+            version = await self.pipeline.retrying("warm", self.store.registry_version)
+            if version - warmed >= REWARM_CHANGES and (version == seen or warmed < 0):
+                n = await self.pipeline.retrying("warm", self.store.warm_registry)
+                warmed = version
+                gc.freeze()
+                log.info("registry of %d units cached (version %d)", n, version)
+            seen = version
+            await asyncio.sleep(REWARM_CHECK_S)
 
     def owned_partitions(self) -> set[int]:
         """Partitions of the incident topics this worker owns right now (co-partitioned)."""
