@@ -47,6 +47,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from kaifong.agents.clock import initial_rings
 from kaifong.streams import security
@@ -664,21 +665,41 @@ def status_traffic(settings: Settings, topic: str, units: list[tuple[str, dict[s
                                     max_batch_size=1 << 20, acks=1, max_request_size=4 << 20,
                                     **security.aiokafka_kwargs(settings))
         await producer.start()
+        # Upstream systems run on machines of their own; this one shares the cores with what
+        # it loads. So it builds each tick's record batches itself, one per partition (keyed
+        # like the default partitioner: a unit's events stay in order), instead of paying
+        # aiokafka's per-record send() (futures, accumulator): ~4x less CPU for the same load.
+        parts = sorted(await producer.partitions_for(topic))
+        keyed = [(uid.encode(), home, DefaultPartitioner()(uid.encode(), parts, parts)) for uid, home in units]
         seq = int(time.time() * 1000)
         i = 0
         now = datetime.now(UTC).isoformat()
         tick = 0.05
         per_tick = max(1, int(rate * tick))
         started = time.perf_counter()
+        sends: list[Any] = []
         try:
             while not stop.is_set():
+                batches: dict[int, Any] = {}
                 for _ in range(per_tick):
-                    unit_id, home = units[i % len(units)]
+                    key, home, part = keyed[i % len(keyed)]
                     i += 1
-                    await producer.send(topic, status_event(unit_id, home, f"bg{seq}-{i}", seq + i, now),
-                                        key=unit_id.encode())
+                    value = status_event(key.decode(), home, f"bg{seq}-{i}", seq + i, now)
+                    batch = batches.get(part)
+                    if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
+                        if batch is not None:
+                            sends.append(await producer.send_batch(batch, topic, partition=part))
+                        batch = batches[part] = producer.create_batch()
+                        batch.append(key=key, value=value, timestamp=None)
+                for part, batch in batches.items():
+                    sends.append(await producer.send_batch(batch, topic, partition=part))
+                # Acknowledgements are awaited a few ticks behind: the broker's ack time must
+                # not slow the rate down, and a failed send still ends the traffic loudly.
+                while len(sends) > 8 * len(parts):
+                    await sends.pop(0)
                 sent.value = i
                 await asyncio.sleep(max(0.0, started + (i / per_tick) * tick - time.perf_counter()))
+            await asyncio.gather(*sends)
         finally:
             await producer.stop()
 
