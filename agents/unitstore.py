@@ -451,6 +451,10 @@ class UnitStore:
             await asyncio.sleep(0)  # let the incidents arriving meanwhile through
         return len(ids)
 
+    def cached_units(self) -> int:
+        """How many units' registry entries are cached."""
+        return len(self._registry_cache)
+
     async def registry_version(self) -> int:
         """The registry's version: a counter every registry change increments."""
         raw = await self.redis.get("kf:units:regver")

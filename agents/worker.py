@@ -179,6 +179,7 @@ class Worker:
             version = await self.pipeline.retrying("warm", self.store.registry_version)
             if version - warmed >= REWARM_CHANGES and (version == seen or warmed < 0):
                 n = await self.pipeline.retrying("warm", self.store.warm_registry)
+                metrics.REGISTRY_CACHED.set(self.store.cached_units())
                 warmed = version
                 gc.freeze()
                 log.info("registry of %d units cached (version %d)", n, version)
@@ -267,6 +268,7 @@ class Worker:
             totals[key] = totals.get(key, 0) + n
         for (district, kind), n in totals.items():
             metrics.UNITS_AVAILABLE.labels(district, kind).set(n)
+        metrics.REGISTRY_CACHED.set(self.store.cached_units())
 
     def is_ready(self) -> bool:
         """True once the worker consumes all its inputs (and while its firehose process runs)."""

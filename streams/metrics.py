@@ -55,6 +55,8 @@ FIREHOSE_UP = Gauge("kaifong_firehose_up", "1 while the worker's unit firehose p
                     "and applies unit status (always 1 with KAIFONG_FIREHOSE=inline once joined).")
 FIREHOSE_RESTARTS = Counter("kaifong_firehose_restarts_total", "Times the worker restarted its unit firehose "
                             "process after it exited.")
+REGISTRY_CACHED = Gauge("kaifong_registry_cached_units", "Units whose registry entry this worker holds for "
+                        "matching (read whole at start and after a bulk registry change).")
 UNITS_STALE = Counter("kaifong_units_stale_total", "Units marked unavailable because their heartbeats stopped.")
 # -- ring clocks and escalations (event time) ---------------------------------------------------
 RESPONSE = Histogram("kaifong_response_seconds", "Reported → first unit of the ring on scene, per ring and "

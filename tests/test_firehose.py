@@ -226,3 +226,25 @@ def test_registry_change_reaches_the_next_decision_despite_the_cache(new_setting
     assert before == frozenset({"aed"})
     assert after == frozenset({"aed", "life_buoy"})
     assert responders == 6
+
+
+@pytest.mark.integration
+def test_registry_loaded_after_start_is_cached_whole_once_it_settles(new_settings: Any, start_worker: Any) -> None:
+    """A city loaded after the worker started: once the registry stops changing, the worker
+    reads it whole into its matching cache (the first decisions then take no registry round
+    trip), and says so on /metrics."""
+    settings = new_settings()
+    w = start_worker(settings)
+    assert w.metric("kaifong_registry_cached_units") == 0  # nothing registered yet
+    tag = uuid.uuid4().hex[:6]
+    n = 250  # more than one read step (PARSE_SLICE) and than REWARM_CHANGES
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20)
+    for i in range(n):
+        unit = {"event_id": f"{tag}-g{i}", "unit_id": f"{tag}-u{i}", "kind": "unit", "name": "单元",
+                "district": "天河区", "police_grid": "PG1", "grid": "G1", "venue": {"id": f"V{i}", "type": "school"},
+                "home": {"lat": 23.13 + i * 1e-4, "lon": 113.32}, "responders": 4, "equipment": ["aed"]}
+        producer.send(settings.topic_prefix + "units.registry.v1", key=unit["unit_id"].encode(),
+                      value=orjson.dumps(unit))
+    producer.flush()
+    producer.close()
+    wait_for(lambda: w.metric("kaifong_registry_cached_units") == n, 60, "the registry to be cached whole")
