@@ -192,10 +192,21 @@ class UnitsIntake:
                              s.dedupe_ttl_s, orjson.dumps(d), uid, d["kind"], d["home"]["lat"], d["home"]["lon"],
                              d["district"], d["grid"])
             try:
-                return list(await pipe.execute())
+                # Per-event results: an entry the script fails on (a bug the schema does not
+                # catch) is refused alone, dead-lettered, instead of failing the whole batch —
+                # and the firehose with it — on every retry.
+                results = list(await pipe.execute(raise_on_error=False))
             except NoScriptError:
+                results = [NoScriptError()]
+            if any(isinstance(r, NoScriptError) for r in results):
                 await self.store.load_scripts()
                 raise ConnectionError("redis lost its scripts") from None
+            for i, r in enumerate(results):
+                if isinstance(r, ResponseError):
+                    metrics.INTERNAL_ERRORS.labels("units").inc()
+                    log.error("unit registry script failed on one event (dead-lettered): %s", str(r)[:200])
+                    results[i] = "error:" + str(r)[:200]
+            return results
 
         # Registry first: a unit registered and reporting in the same fetch gets indexed.
         reg_results = await self._retry(run_registry) if registry else []

@@ -131,53 +131,93 @@ class _Sent:
         return done
 
 
-@pytest.mark.integration
-def test_status_chunk_with_an_event_redis_cannot_apply_refuses_only_that_event(new_settings: Any) -> None:
+def _apply_poisoned(settings: Any, name: str, script: str, batch: str, events: list[dict[str, Any]],
+                    probe: Any) -> tuple[Any, dict[tuple[str, str], int], list[tuple[str, bytes, bytes | None]]]:
+    """Apply one fetch of ``events`` (``batch``: "status" or "registry") with the Redis script
+    ``name`` replaced by ``script`` — the real one, made to fail on unit "poison": it stands for
+    an event the script cannot apply (a bug the schema does not catch). Returns what
+    ``probe(redis)`` read afterwards, the outcome counts and the dead letters sent."""
     import asyncio
 
     import redis.asyncio as aioredis
     from aiokafka.structs import ConsumerRecord, TopicPartition
 
     from kaifong.agents.units import Prepared, UnitsIntake
-    from kaifong.agents.unitstore import STATUS_LUA, UnitStore
+    from kaifong.agents.unitstore import UnitStore
 
-    settings = new_settings()
-    topic = settings.topic_prefix + "units.status.v1"
+    topic = settings.topic_prefix + f"units.{batch}.v1"
 
-    async def run() -> tuple[list[Any], dict[str, int], Any]:
+    async def run() -> tuple[Any, dict[tuple[str, str], int], list[tuple[str, bytes, bytes | None]]]:
         r = aioredis.Redis.from_url(settings.redis_url)
         store = UnitStore(r, 60)
         await store.load_scripts()
-        # The real script, made to fail on one unit: it stands for an event the script cannot
-        # apply (a bug the schema does not catch). Without the fallback the whole chunk — and
-        # the firehose with it — would fail on every retry.
         assert store._sha is not None
-        store._sha["status"] = await r.script_load(STATUS_LUA.replace(
-            "local events = cjson.decode(ARGV[2])",
-            "local events = cjson.decode(ARGV[2])\n"
-            "for _, x in ipairs(events) do if x[2] == 'poison' then error('cannot apply') end end", 1))
+        store._sha[name] = await r.script_load(script)
         intake = UnitsIntake(settings, r, store)
         prepared = Prepared(started=time.perf_counter())
-        for offset, unit in enumerate(("u1", "poison", "u2")):
-            event = {"event_id": f"e-{unit}", "unit_id": unit, "status": "available", "seq": 1,
-                     "at": "2026-11-29T14:00:00+08:00"}
-            rec = ConsumerRecord(topic, 0, offset, 0, 0, unit.encode(), orjson.dumps(event), None, 0, 0, ())
-            prepared.status.append((rec, event))
-        prepared.offsets[TopicPartition(topic, 0)] = 3
+        for offset, event in enumerate(events):
+            rec = ConsumerRecord(topic, 0, offset, 0, 0, event["unit_id"].encode(), orjson.dumps(event), None, 0, 0, ())
+            getattr(prepared, batch).append((rec, event))
+        prepared.offsets[TopicPartition(topic, 0)] = len(events)
         sent = _Sent()
         await intake.apply(prepared, sent)  # type: ignore[arg-type]
-        live = [await r.hget(live_key(u), "status") for u in ("u1", "poison", "u2")]
+        seen = await probe(r)
         await r.aclose()
-        return live, prepared.counts, sent.records
+        return seen, prepared.counts, sent.records
 
-    live, counts, dead = asyncio.run(run())
-    assert live == [b"available", None, b"available"]
+    return asyncio.run(run())
+
+
+def _only_poison_dead_lettered(settings: Any, batch: str, counts: dict[tuple[str, str], int],
+                               dead: list[tuple[str, bytes, bytes | None]]) -> None:
+    topic = settings.topic_prefix + f"units.{batch}.v1"
     assert counts == {(topic, "ok"): 2, (topic, "refused"): 1}
     [(dl_topic, body, key)] = dead
     assert dl_topic == settings.topic_prefix + "deadletter.v1" and key == b"poison"
     letter = orjson.loads(body)
     assert letter["error_class"] == "internal_error" and "cannot apply" in letter["error"]
     assert letter["source_offset"] == 1
+
+
+def _poison_case(batch: str) -> tuple[str, list[dict[str, Any]], Any]:
+    """For ``batch``: the real script made to fail on unit "poison", three events (u1, poison,
+    u2) and a probe of what each left in Redis (truthy: applied)."""
+    from kaifong.agents.unitstore import REGISTRY_LUA, STATUS_LUA, registry_key
+
+    units = ("u1", "poison", "u2")
+    if batch == "status":
+        script = STATUS_LUA.replace(
+            "local events = cjson.decode(ARGV[2])", "local events = cjson.decode(ARGV[2])\n"
+            "for _, x in ipairs(events) do if x[2] == 'poison' then error('cannot apply') end end", 1)
+        events = [{"event_id": f"e-{u}", "unit_id": u, "status": "available", "seq": 1,
+                   "at": "2026-11-29T14:00:00+08:00"} for u in units]
+
+        async def probe(r: Any) -> list[Any]:
+            return [await r.hget(live_key(u), "status") for u in units]
+    else:
+        script = REGISTRY_LUA.replace(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then return 'dup' end",
+            "if ARGV[3] == 'poison' then error('cannot apply') end\n"
+            "if redis.call('EXISTS', KEYS[1]) == 1 then return 'dup' end", 1)
+        events = [{"event_id": f"g-{u}", "unit_id": u, "kind": "unit", "name": "单元", "district": "天河区",
+                   "police_grid": "PG1", "grid": "G1", "venue": {"id": "V1", "type": "school"},
+                   "home": {"lat": 23.13, "lon": 113.32}, "responders": 6, "equipment": ["aed"]} for u in units]
+
+        async def probe(r: Any) -> list[Any]:
+            return [await r.exists(registry_key(u)) for u in units]
+    return script, events, probe
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("batch", ["status", "registry"])
+def test_unit_batch_with_an_event_redis_cannot_apply_refuses_only_that_event(new_settings: Any, batch: str) -> None:
+    # Status chunks fall back to one event at a time, registry batches read per-entry results:
+    # without that the whole batch — and the firehose with it — would fail on every retry.
+    settings = new_settings()
+    script, events, probe = _poison_case(batch)
+    applied, counts, dead = _apply_poisoned(settings, batch, script, batch, events, probe)
+    assert [bool(x) for x in applied] == [True, False, True]
+    _only_poison_dead_lettered(settings, batch, counts, dead)
 
 
 @pytest.mark.integration
@@ -248,3 +288,4 @@ def test_registry_loaded_after_start_is_cached_whole_once_it_settles(new_setting
     producer.flush()
     producer.close()
     wait_for(lambda: w.metric("kaifong_registry_cached_units") == n, 60, "the registry to be cached whole")
+
