@@ -678,7 +678,7 @@ def status_traffic(settings: Settings, topic: str, units: list[tuple[str, dict[s
         # like the default partitioner: a unit's events stay in order), instead of paying
         # aiokafka's per-record send() (futures, accumulator): ~4x less CPU for the same load.
         parts = sorted(await producer.partitions_for(topic))
-        keyed = [(uid.encode(), home, DefaultPartitioner()(uid.encode(), parts, parts)) for uid, home in units]
+        keyed = [(uid, uid.encode(), home, DefaultPartitioner()(uid.encode(), parts, parts)) for uid, home in units]
         seq = int(time.time() * 1000)
         i = 0
         now = datetime.now(UTC).isoformat()
@@ -690,9 +690,9 @@ def status_traffic(settings: Settings, topic: str, units: list[tuple[str, dict[s
             while not stop.is_set():
                 batches: dict[int, Any] = {}
                 for _ in range(per_tick):
-                    key, home, part = keyed[i % len(keyed)]
+                    uid, key, home, part = keyed[i % len(keyed)]
                     i += 1
-                    value = status_event(key.decode(), home, f"bg{seq}-{i}", seq + i, now)
+                    value = status_event(uid, home, f"bg{seq}-{i}", seq + i, now)
                     batch = batches.get(part)
                     if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
                         if batch is not None:

@@ -286,7 +286,7 @@ class Incidents:
         fresh: dict[str, Any] = {"state": state, "applied": [], "report": kept, "assignments": None,
                                  "escalations": {}, "partition": self._partition(), "outbox": []}
         view = view_of(kept)
-        rings = clock.initial_rings(view.severity, [r.number for r in self.settings.ring_table()])
+        rings = self._first_rings(view)
         inbound = current_message.get(None)
         opened = await self._open(
             keys=[incident_key(incident_id), outbox_key(incident_id), f"kf:inc:{incident_id}:units",
@@ -304,7 +304,7 @@ class Incidents:
             if doc.get("assignments") is not None:
                 return None
             view = view_of(doc["report"])
-            rings = clock.initial_rings(view.severity, [r.number for r in self.settings.ring_table()])
+            rings = self._first_rings(view)
         held = {m.decode() for m in held_raw}
         if held:  # reserved by a decision that was interrupted before it was stored
             await self.store.release(incident_id, held)
@@ -328,6 +328,10 @@ class Incidents:
             await self.on_dispatched([u["unit_id"] for b in bodies for u in b["units"]])
         self._count_decision(doc, escalations)
         return doc
+
+    def _first_rings(self, view: IncidentView) -> list[int]:
+        """The rings decided when an incident is reported (by severity)."""
+        return clock.initial_rings(view.severity, [r.number for r in self.settings.ring_table()])
 
     def _decided(self, doc: dict[str, Any], view: IncidentView, decisions: list[RingDecision]) -> dict[str, Any]:
         """A report's first decision as a change: document, records, timers, open escalations."""

@@ -46,6 +46,8 @@ SUMMARY_S = 5.0
 #: CPU that the incident flow's own fetches and produces then wait for (reading as fast as
 #: records arrive made a second, busier consumer of every output topic).
 POLL_S = 0.2
+#: Records taken per read (a full read means the feed is behind: read again at once).
+READ_MAX = 1000
 #: How long a new client waits for the consumer to be positioned before it is told "ready"
 #: anyway (it then reloads its snapshot, which covers anything missed).
 READY_WAIT_S = 10.0
@@ -181,14 +183,14 @@ class LiveFeed:
             self.positioned.set()
             log.info("live feed: following %d partitions", len(parts))
             while True:
-                batch = await consumer.getmany(timeout_ms=1000, max_records=1000)
+                batch = await consumer.getmany(timeout_ms=1000, max_records=READ_MAX)
                 if self.clients:
                     for tp, records in batch.items():
                         for record in records:
                             message = self.message(tp.topic, record.value)
                             if message is not None:
                                 self.publish(message)
-                if sum(map(len, batch.values())) < 1000:  # caught up: let records gather
+                if sum(map(len, batch.values())) < READ_MAX:  # caught up: let records gather
                     await asyncio.sleep(POLL_S)
         finally:
             self.positioned.clear()

@@ -191,22 +191,14 @@ class UnitsIntake:
                 pipe.evalsha(sha, 3, dedupe_key(UNITS_REGISTRY.event_type, d), registry_key(uid), live_key(uid),
                              s.dedupe_ttl_s, orjson.dumps(d), uid, d["kind"], d["home"]["lat"], d["home"]["lon"],
                              d["district"], d["grid"])
-            try:
-                # Per-event results: an entry the script fails on (a bug the schema does not
-                # catch) is refused alone, dead-lettered, instead of failing the whole batch —
-                # and the firehose with it — on every retry.
-                results = list(await pipe.execute(raise_on_error=False))
-            except NoScriptError:
-                results = [NoScriptError()]
+            # Per-entry results (errors returned, not raised): an entry the script fails on (a
+            # bug the schema does not catch) is refused alone, dead-lettered, instead of failing
+            # the whole batch — and the firehose with it — on every retry.
+            results = list(await pipe.execute(raise_on_error=False))
             if any(isinstance(r, NoScriptError) for r in results):
                 await self.store.load_scripts()
-                raise ConnectionError("redis lost its scripts") from None
-            for i, r in enumerate(results):
-                if isinstance(r, ResponseError):
-                    metrics.INTERNAL_ERRORS.labels("units").inc()
-                    log.error("unit registry script failed on one event (dead-lettered): %s", str(r)[:200])
-                    results[i] = "error:" + str(r)[:200]
-            return results
+                raise ConnectionError("redis lost its scripts")
+            return [_script_failed("registry", r) if isinstance(r, ResponseError) else r for r in results]
 
         # Registry first: a unit registered and reporting in the same fetch gets indexed.
         reg_results = await self._retry(run_registry) if registry else []
@@ -263,10 +255,15 @@ class UnitsIntake:
             except NoScriptError:
                 raise
             except ResponseError as exc:
-                metrics.INTERNAL_ERRORS.labels("units").inc()
-                log.exception("unit status script failed on one event (dead-lettered)")
-                out.append("error:" + str(exc)[:200])
+                out.append(_script_failed("status", exc))
         return out
+
+
+def _script_failed(script: str, exc: ResponseError) -> str:
+    """Count and log a unit script that failed on one event; the result that dead-letters it."""
+    metrics.INTERNAL_ERRORS.labels("units").inc()
+    log.error("unit %s script failed on one event (dead-lettered): %s", script, str(exc)[:200])
+    return "error:" + str(exc)[:200]
 
 
 @dataclass

@@ -173,11 +173,11 @@ class Worker:
         loop for 50-120 ms, an incident's whole budget many times over (frozen objects are
         still freed by reference counting when dropped).
         """
-        warmed = -REWARM_CHANGES
+        warmed: int | None = None  # the registry version the cache was last read whole at
         seen = None
         while True:
             version = await self.pipeline.retrying("warm", self.store.registry_version)
-            if version - warmed >= REWARM_CHANGES and (version == seen or warmed < 0):
+            if warmed is None or (version - warmed >= REWARM_CHANGES and version == seen):
                 n = await self.pipeline.retrying("warm", self.store.warm_registry)
                 metrics.REGISTRY_CACHED.set(self.store.cached_units())
                 warmed = version
