@@ -2,7 +2,9 @@
 
 Layer: streams. An upstream integrator can ``from kaifong.streams.publisher import Publisher``:
 events are validated against the published schema *before* they are sent (a clear error,
-nothing on the wire), keyed by their entity id, and sent with acks=all.
+nothing on the wire), keyed by their entity id, and sent with acks=all, one request in flight
+(order kept per key), not idempotent: a retry may duplicate an event, and kaifong drops the
+duplicate by its event_id.
 
 >>> # Publisher(Settings.from_env()).publish("incident-reported", {...})  # doctest: +SKIP
 """
@@ -31,6 +33,12 @@ class Publisher:
         config: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers, "acks": "all",
                                   "linger_ms": 20, "client_id": "kaifong-publisher",
                                   "max_request_size": 4 * 1024 * 1024, "retries": 5,
+                                  # Not idempotent: a broker that forgets producer ids (the
+                                  # embedded one, restarted) leaves an idempotent kafka-python
+                                  # producer retrying forever. A retry may duplicate an event,
+                                  # which kaifong drops by event_id; one request in flight keeps
+                                  # the order per key.
+                                  "enable_idempotence": False, "max_in_flight_requests_per_connection": 1,
                                   **security.kafka_python_kwargs(settings)}
         config.update(producer_config)
         self.producer = KafkaProducer(**config)

@@ -31,6 +31,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from kaifong.agents.clock import initial_rings
 from kaifong.streams.embedded import EmbeddedStack, Service, free_port
+from kaifong.streams.publisher import Publisher
 from kaifong.streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -394,6 +395,15 @@ def test_broker_restart_loss_detected_and_worker_continues(tmp_path: Path, stack
     wait_until(lambda: len(processed(r, load)) == 30, 30, "the incidents before the restart processed")
     assert worker.metric("kaifong_broker_data_loss") == 0
     time.sleep(1.5)  # the watch has seen the end offsets of this load
+    # An integrator's long-lived publisher (idempotent kafka-python producer) across the restart.
+    publisher = Publisher(settings)
+    template = next(iter(load.incidents.values()))
+
+    def report(n: int) -> dict[str, Any]:
+        return {**template, "event_id": f"pub-{n}", "incident_id": f"{load.tag}-pub{n}",
+                "reported_at": datetime.now(UTC).isoformat()}
+
+    publisher.publish("incident-reported", report(1))
 
     tansu = service(stack, "broker")
     tansu.stop()
@@ -424,6 +434,12 @@ def test_broker_restart_loss_detected_and_worker_continues(tmp_path: Path, stack
     resumed_s = time.monotonic() - restarted_at
     load.close()
     assert before.isdisjoint(load.incidents)
+    # The restarted broker forgot every producer id: the publisher still sends (an idempotent
+    # kafka-python producer retried UnknownProducerIdError forever here, until its timeout).
+    publisher.publish("incident-reported", report(2))
+    publisher.close()
+    wait_until(lambda: r.exists("kf:seen:incident-reported:pub-2") == 1, 60,
+               "the report published after the restart processed")
     wait_until(lambda: worker.get("/ready")[0] == 200, 30, "ready again")
     assert worker.alive()
     print(f"\n[broker restart] loss detected {detect_s:.1f}s after the restart; after it: {summary}; "

@@ -197,3 +197,35 @@ def test_on_scene_in_time_meets_the_ring_and_no_escalation_follows(h: Harness) -
         assert last["rings"][0]["state"] == "met" and last["rings"][0]["seconds"] == 40
 
     asyncio.run(run())
+
+
+def test_report_at_the_end_of_the_calendar_is_refused_not_an_internal_error(h: Harness) -> None:
+    """A valid RFC 3339 time whose deadlines would pass year 9999 is bad input: dead-lettered
+    ``time_out_of_range`` with the reason, no internal error counted, the next report handled."""
+    from kaifong.agents.intake import Inbound, Pipeline
+    from kaifong.streams import metrics
+    from kaifong.streams.topics import INCIDENTS_REPORTED
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: Any) -> None:
+        await h.send_all([(topic, key, value, headers)])
+
+    pipeline = Pipeline(h.settings, h.redis, send, lambda: h.now)
+    errors = metrics.INTERNAL_ERRORS.labels("incidents_reported")._value.get()
+
+    async def run() -> None:
+        outcomes = []
+        for i, at in enumerate(["9999-12-31T23:59:59-14:00", "9999-12-31T23:50:00Z", T0.isoformat()]):
+            raw = orjson.dumps(report(f"cal{i}", reported_at=at))
+            msg = Inbound("t.incidents.reported.v1", 0, i, f"cal{i}".encode(), raw, 0.0)
+            outcomes.append(await pipeline.process(INCIDENTS_REPORTED, msg, h.inc.on_reported,
+                                                   "incidents_reported", self_dedupe=True))
+        assert outcomes == ["refused", "refused", "ok"]
+
+    asyncio.run(run())
+    dead = h.out("deadletter.v1")
+    assert [d["error_class"] for d in dead] == ["time_out_of_range"] * 2
+    assert all(d["stage"] == "incidents_reported" and "9999" in d["error"] for d in dead)
+    assert metrics.INTERNAL_ERRORS.labels("incidents_reported")._value.get() == errors
+    # Nothing of the refused two was opened or published; the valid one after them was.
+    assert {s["incident_id"] for s in h.out("incidents.state.v1")} == {"cal2"}
+    assert {a["incident_id"] for a in h.out("dispatch.assignments.v1")} == {"cal2"}
