@@ -175,11 +175,11 @@ class Pipeline:
             await self.dead_letter(msg, exc.stage, exc.error_class, exc.reason)
             outcome = "refused"
         except OverflowError as exc:
-            # A valid RFC 3339 time at the very end of the calendar (e.g. 9999-12-31T23:59:59-14:00):
-            # its UTC value or a deadline after it is past year 9999. Bad input, not a bug.
+            # A valid RFC 3339 time at an end of the calendar (e.g. 9999-12-31T23:59:59-14:00):
+            # its UTC value, or a deadline after it, is past year 9999. Bad input, not a bug.
             await self.dead_letter(msg, agent, "time_out_of_range",
-                                   f"a time of this event is too close to the calendar's end (year 1 or 9999) "
-                                   f"to compute its deadlines: {exc}"[:500])
+                                   f"a time of this event is so near year 1 or 9999 that its UTC value or "
+                                   f"its deadlines leave the calendar: {exc}"[:500])
             outcome = "refused"
         except Exception as exc:
             metrics.INTERNAL_ERRORS.labels(agent).inc()

@@ -395,7 +395,7 @@ def test_broker_restart_loss_detected_and_worker_continues(tmp_path: Path, stack
     wait_until(lambda: len(processed(r, load)) == 30, 30, "the incidents before the restart processed")
     assert worker.metric("kaifong_broker_data_loss") == 0
     time.sleep(1.5)  # the watch has seen the end offsets of this load
-    # An integrator's long-lived publisher (idempotent kafka-python producer) across the restart.
+    # An integrator's long-lived publisher, created before the restart and used after it.
     publisher = Publisher(settings)
     template = next(iter(load.incidents.values()))
 
