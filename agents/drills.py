@@ -113,8 +113,6 @@ CHANNELS = ("radio", "video")
 TARGETS = ("unit_id", "grid", "district")
 #: Longest unit id, grid or district a manual order may name (the schemas' limit on ids).
 MAX_ID = 128
-#: Units per Redis step of a pass over the whole city (see unitstore.READ_STEP).
-_CHUNK = READ_STEP
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _BUSY_LUA = "local BUSY = {" + ", ".join(f"{s} = true" for s in BUSY) + "}\n"
@@ -669,7 +667,7 @@ class Drills:
     async def population(self, refresh: bool = False) -> list[dp.UnitInfo]:
         """Every registered unit, sorted by id (the plan depends on the order), cached a while.
 
-        Read and parsed ``_CHUNK`` units a step: ~23,000 in steps of 1,000 held up the
+        Read and parsed ``READ_STEP`` units a step: ~23,000 in steps of 1,000 held up the
         incidents arriving meanwhile for ~6 ms a step.
         """
         cached = self._population
@@ -678,8 +676,8 @@ class Drills:
         members: set[bytes] = await self.redis.smembers("kf:units:all")  # type: ignore[misc,assignment]
         ids = sorted(m.decode() for m in members)
         units: list[dp.UnitInfo] = []
-        for i in range(0, len(ids), _CHUNK):
-            chunk = ids[i:i + _CHUNK]
+        for i in range(0, len(ids), READ_STEP):
+            chunk = ids[i:i + READ_STEP]
             for uid, raw in zip(chunk, await self.redis.mget([registry_key(u) for u in chunk]), strict=True):
                 if raw is None:
                     continue
@@ -756,11 +754,11 @@ class Drills:
         planner = await asyncio.to_thread(self.planner, units, state)
         out_of_service: set[str] = set()
         ids = [u.unit_id for u in units]
-        for i in range(0, len(ids), _CHUNK):
+        for i in range(0, len(ids), READ_STEP):
             pipe = self.redis.pipeline(transaction=False)
-            for uid in ids[i:i + _CHUNK]:
+            for uid in ids[i:i + READ_STEP]:
                 pipe.hget(live_key(uid), "status")
-            for uid, status in zip(ids[i:i + _CHUNK], await pipe.execute(), strict=True):
+            for uid, status in zip(ids[i:i + READ_STEP], await pipe.execute(), strict=True):
                 if status == b"out_of_service":
                     out_of_service.add(uid)
         drawn = await asyncio.to_thread(planner.plan_day, day, self.rng(day), lambda u: u not in out_of_service)
@@ -898,18 +896,18 @@ class Drills:
         ids = sorted(m.decode() for m in members)
         found: list[str] = []
         target = grid.encode()
-        for i in range(0, len(ids), _CHUNK):
+        for i in range(0, len(ids), READ_STEP):
             pipe = self.redis.pipeline(transaction=False)
-            for uid in ids[i:i + _CHUNK]:
+            for uid in ids[i:i + READ_STEP]:
                 pipe.hget(live_key(uid), "grid")
-            found += [uid for uid, g in zip(ids[i:i + _CHUNK], await pipe.execute(), strict=True) if g == target]
+            found += [uid for uid, g in zip(ids[i:i + READ_STEP], await pipe.execute(), strict=True) if g == target]
         return found
 
     async def _prefilter(self, unit_ids: list[str]) -> tuple[list[str], list[str]]:
         eligible: list[str] = []
         busy: list[str] = []
-        for i in range(0, len(unit_ids), _CHUNK):
-            chunk = unit_ids[i:i + _CHUNK]
+        for i in range(0, len(unit_ids), READ_STEP):
+            chunk = unit_ids[i:i + READ_STEP]
             pipe = self.redis.pipeline(transaction=False)
             for uid in chunk:
                 pipe.hmget(live_key(uid), ["status", "reserved_by"])

@@ -179,7 +179,6 @@ class Worker:
             version = await self.pipeline.retrying("warm", self.store.registry_version)
             if warmed is None or (version - warmed >= REWARM_CHANGES and version == seen):
                 n = await self.pipeline.retrying("warm", self.store.warm_registry)
-                metrics.REGISTRY_CACHED.set(self.store.cached_units())
                 warmed = version
                 gc.freeze()
                 log.info("registry of %d units cached (version %d)", n, version)

@@ -131,10 +131,10 @@ class _Sent:
         return done
 
 
-def _apply_poisoned(settings: Any, name: str, script: str, batch: str, events: list[dict[str, Any]],
+def _apply_poisoned(settings: Any, batch: str, script: str, events: list[dict[str, Any]],
                     probe: Any) -> tuple[Any, dict[tuple[str, str], int], list[tuple[str, bytes, bytes | None]]]:
-    """Apply one fetch of ``events`` (``batch``: "status" or "registry") with the Redis script
-    ``name`` replaced by ``script`` — the real one, made to fail on unit "poison": it stands for
+    """Apply one fetch of ``events`` (``batch``: "status" or "registry") with that batch's Redis
+    script replaced by ``script`` — the real one, made to fail on unit "poison": it stands for
     an event the script cannot apply (a bug the schema does not catch). Returns what
     ``probe(redis)`` read afterwards, the outcome counts and the dead letters sent."""
     import asyncio
@@ -152,7 +152,7 @@ def _apply_poisoned(settings: Any, name: str, script: str, batch: str, events: l
         store = UnitStore(r, 60)
         await store.load_scripts()
         assert store._sha is not None
-        store._sha[name] = await r.script_load(script)
+        store._sha[batch] = await r.script_load(script)
         intake = UnitsIntake(settings, r, store)
         prepared = Prepared(started=time.perf_counter())
         for offset, event in enumerate(events):
@@ -215,7 +215,7 @@ def test_unit_batch_with_an_event_redis_cannot_apply_refuses_only_that_event(new
     # without that the whole batch — and the firehose with it — would fail on every retry.
     settings = new_settings()
     script, events, probe = _poison_case(batch)
-    applied, counts, dead = _apply_poisoned(settings, batch, script, batch, events, probe)
+    applied, counts, dead = _apply_poisoned(settings, batch, script, events, probe)
     assert [bool(x) for x in applied] == [True, False, True]
     _only_poison_dead_lettered(settings, batch, counts, dead)
 
@@ -277,7 +277,7 @@ def test_registry_loaded_after_start_is_cached_whole_once_it_settles(new_setting
     w = start_worker(settings)
     assert w.metric("kaifong_registry_cached_units") == 0  # nothing registered yet
     tag = uuid.uuid4().hex[:6]
-    n = 250  # more than one read step (PARSE_SLICE) and than REWARM_CHANGES
+    n = 250  # more than one read step (READ_STEP) and than REWARM_CHANGES
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20)
     for i in range(n):
         unit = {"event_id": f"{tag}-g{i}", "unit_id": f"{tag}-u{i}", "kind": "unit", "name": "单元",
