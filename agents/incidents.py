@@ -94,8 +94,10 @@ return {doc or false, redis.call('GET', KEYS[2]) or false, redis.call('SMEMBERS'
         redis.call('EXISTS', KEYS[4]), created, found}
 """
 
-#: When the current change's records were acknowledged by the broker (perf_counter), for the
-#: decision-time metric: received → assignments acknowledged (housekeeping after it excluded).
+#: When the current change was stored and its records handed to the producer, and when the
+#: broker acknowledged them (perf_counter), for the decision-time metrics: received → stored
+#: (the worker's own time) and received → acknowledged (housekeeping after it excluded).
+STORED_AT: ContextVar[float | None] = ContextVar("kaifong_stored_at", default=None)
 ACKED_AT: ContextVar[float | None] = ContextVar("kaifong_acked_at", default=None)
 
 
@@ -230,6 +232,7 @@ class Incidents:
             await pipe.execute()
         incident_id = doc["state"]["incident_id"]
         if records:
+            STORED_AT.set(time.perf_counter())
             await self.send_all(records)
             ACKED_AT.set(time.perf_counter())
             await self.redis.delete(outbox_key(incident_id))
@@ -260,6 +263,7 @@ class Incidents:
         started = current_message.get(None)
         t0 = getattr(started, "received", None) or time.perf_counter()
         incident_id = report["incident_id"]
+        STORED_AT.set(None)
         ACKED_AT.set(None)
         try:
             async with self.lock(incident_id):
@@ -267,7 +271,9 @@ class Incidents:
         finally:
             self._unlock(incident_id)
         if fresh is not None:
-            metrics.DECISION.observe((ACKED_AT.get() or time.perf_counter()) - t0)
+            now = time.perf_counter()
+            metrics.DECISION_STORED.observe((STORED_AT.get() or now) - t0)
+            metrics.DECISION.observe((ACKED_AT.get() or now) - t0)
             age = (self.clock() - clock.parse_time(fresh["state"]["reported_at"])).total_seconds()
             if age >= 0:
                 metrics.REPORTED_TO_ASSIGNMENT.labels(self._exercise(fresh["state"])).observe(age)

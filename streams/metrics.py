@@ -47,10 +47,14 @@ RESERVATION_CONFLICTS = Counter("kaifong_reservation_conflicts_total", "Units lo
 REPORTED_TO_ASSIGNMENT = Histogram("kaifong_reported_to_assignment_seconds", "Incident reported_at (event "
                                    "time) to its assignments acknowledged by the broker.", ["exercise"],
                                    buckets=_E2E_BUCKETS)
-DECISION = Histogram("kaifong_decision_seconds", "Inside the worker: incident received to its assignments "
-                     "acknowledged by the broker.",
-                     buckets=(0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.01, 0.0125, 0.015,
-                              0.02, 0.025, 0.05, 0.1, 0.25, 1.0))
+_DECISION_BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.01, 0.0125, 0.015,
+                     0.02, 0.025, 0.05, 0.1, 0.25, 1.0)
+DECISION = Histogram("kaifong_decision_seconds", "Incident received by the worker to its assignments "
+                     "acknowledged by the broker.", buckets=_DECISION_BUCKETS)
+DECISION_STORED = Histogram("kaifong_decision_stored_seconds", "Inside the worker: incident received to its "
+                            "decision stored in Redis and its records handed to the producer (the broker's "
+                            "acknowledgement, in kaifong_decision_seconds, not counted).",
+                            buckets=_DECISION_BUCKETS)
 FIREHOSE_UP = Gauge("kaifong_firehose_up", "1 while the worker's unit firehose process has joined its group "
                     "and applies unit status (always 1 with KAIFONG_FIREHOSE=inline once joined).")
 FIREHOSE_RESTARTS = Counter("kaifong_firehose_restarts_total", "Times the worker restarted its unit firehose "
