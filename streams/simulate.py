@@ -221,6 +221,16 @@ class Simulator:
         d_lat = rng.gauss(0, spread_m) / 111_000
         d_lon = rng.gauss(0, spread_m) / (111_000 * math.cos(math.radians(anchor.lat)))
         exercise = rng.random() < self.config.exercise_share
+        if exercise:
+            # The exercise's participants: nearby free units switch to drilling first (and the
+            # report is stamped after they did: the flush waits out the status producer's linger).
+            near = sorted((u for u in self.unit_list if u.status == "available"),
+                          key=lambda u: (u.lat - anchor.lat) ** 2 + (u.lon - anchor.lon) ** 2)[:4]
+            for u in near:
+                await self.status(u, "drilling")
+                self.later(1800, partial(self._end_drill, u))
+            await self.status_producer.flush()
+            self.stats["exercises"] += 1
         body: dict[str, Any] = {
             "event_id": f"{incident_id}-r", "incident_id": incident_id, "category": _pick(rng, CATEGORIES),
             "severity": _pick(rng, SEVERITIES), "reported_at": self.now().isoformat(),
@@ -229,15 +239,6 @@ class Simulator:
         }
         if rng.random() < 0.5:
             body["venue_id"] = anchor.venue_id
-        if exercise:
-            # The exercise's participants: nearby free units switch to drilling first.
-            near = sorted((u for u in self.unit_list if u.status == "available"),
-                          key=lambda u: (u.lat - anchor.lat) ** 2 + (u.lon - anchor.lon) ** 2)[:4]
-            for u in near:
-                await self.status(u, "drilling")
-                self.later(1800, partial(self._end_drill, u))
-            await self.status_producer.flush()
-            self.stats["exercises"] += 1
         self._open[incident_id] = {"arrived": False, "units": set(), "exercise": exercise, "opened": self.now()}
         await self.send("incidents.reported.v1", incident_id, body)
         self.stats["incidents"] += 1
