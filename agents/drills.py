@@ -30,7 +30,9 @@ acted on only while the holder's own view of it is unexpired) plans and issues. 
 a lock: a holder that stalls past its expiry may act once more while a successor already leads.
 That is safe enough here because nothing a leader does can be done twice: a day is planned once
 (the plan is written in a transaction that fails when the day is already planned, so both
-leaders issue from one stored plan), a drill's id is a function of its unit and planned time
+leaders issue from one stored plan; and only from a registry that has stopped growing,
+:data:`REGISTRY_SETTLE_S`, or a worker started beside a city being loaded would draw the whole
+day from its first units), a drill's id is a function of its unit and planned time
 (:func:`~kaifong.agents.drillplan.drill_id`), and issuing is one Lua script that creates the
 drill only if its id is new and its unit has no open drill. Two leaders issuing the same planned
 drill create it once; the loser at most re-sends the same record (same key, same CloudEvents
@@ -102,6 +104,13 @@ MAX_LATE_S = 600
 UNIT_RESULTS_KEEP = 20
 #: How long drill documents, answers, day lists and day counts are kept.
 KEEP_S = 8 * 24 * 3600
+#: A day is planned from a settled registry: not while it is empty, nor while units are still
+#: being registered (a first start, a city being loaded beside the worker) — the draw would
+#: cover only the units registered first, and the day is planned once. The number of
+#: registered units must hold this long; after REGISTRY_SETTLE_MAX_S of steady growth the day
+#: is planned from what there is.
+REGISTRY_SETTLE_S = 5.0
+REGISTRY_SETTLE_MAX_S = 300.0
 #: The UNITS_NEVER_DRILLED gauge's refresh period, and how long the registry is cached for it.
 COVERAGE_EVERY_S = 60.0
 POPULATION_TTL_S = 300.0
@@ -289,7 +298,8 @@ class Drills:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     #: Partitions of the (co-partitioned) input topics this worker owns: whose timers it fires.
     owned_partitions: Callable[[], set[int]] = _own_nothing
-    #: The worker's readiness: the first plan waits for it, so it sees the consumed registry.
+    #: The worker's readiness: the first plan waits for it (and for the registry to settle), so
+    #: it sees the consumed registry.
     ready: Callable[[], bool] = _always_ready
     worker_id: str = field(default_factory=_new_worker_id)
     policy: dp.DrillPolicy = field(init=False)
@@ -300,6 +310,8 @@ class Drills:
     _population: tuple[float, list[dp.UnitInfo]] | None = field(default=None, init=False)
     _planned_day: date | None = field(default=None, init=False)
     _warned_rate: bool = field(default=False, init=False)
+    #: The registry's size as last seen, since when (monotonic), and since when it is non-empty.
+    _registry_seen: tuple[int, float, float] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.policy = policy_from_settings(self.settings)  # refuses bad figures at start
@@ -733,11 +745,27 @@ class Drills:
     async def ensure_plan(self, now: datetime) -> int:
         """Plan the local day of ``now`` unless it is planned; return the drills planned."""
         day = self.local_day(now)
-        if self._planned_day == day:
+        if self._planned_day == day or not await self.registry_settled():
             return 0
         planned = await self.plan_day(day, now)
         self._planned_day = day
         return planned
+
+    async def registry_settled(self) -> bool:
+        """Whether the unit registry is non-empty and has stopped growing (see
+        :data:`REGISTRY_SETTLE_S`): one SCARD a scheduler tick until a day is planned."""
+        count: int = await self.redis.scard("kf:units:all")  # type: ignore[misc]
+        mono = time.monotonic()
+        seen, since, first = self._registry_seen or (-1, mono, mono)
+        if count != seen:
+            if count > 0 and seen <= 0:
+                first = mono
+                log.info("drill scheduler: %d units registered; planning once the registry settles", count)
+            elif count == 0 and seen != 0:
+                log.info("drill scheduler: no units registered; the day is planned once they are")
+            since = mono
+        self._registry_seen = (count, since, first)
+        return count > 0 and (mono - since >= REGISTRY_SETTLE_S or mono - first >= REGISTRY_SETTLE_MAX_S)
 
     async def plan_day(self, day: date, now: datetime) -> int:
         """Plan local ``day`` once: draw it, store it in the plan, mark the day planned.

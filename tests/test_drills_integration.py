@@ -312,3 +312,23 @@ def test_scheduler_one_leader_eligible_units_once(new_settings, start_worker) ->
     # The skipped (busy) units were not marked drilled: they stay urgent for the next plan.
     planner = r.hgetall(f"kf:drills:planner:{sched.topic_prefix}")
     assert {k.decode() for k in planner} >= available and not {k.decode() for k in planner} & busy
+
+
+def test_the_day_is_planned_from_the_registry_once_it_settled(new_settings, start_worker) -> None:
+    # `make run`: the worker starts on an empty registry while the simulator registers the city.
+    # A day planned at the scheduler's first tick drew from nobody (or from the first units
+    # registered) and, planned once, issued no drill all day.
+    sched = new_settings(drills_enabled=True, drills_per_day=10_000, drill_spread_s=3.0, drill_seed=7)
+    worker = start_worker(sched)
+    time.sleep(2.0)  # the scheduler ticks on an empty registry
+    tag = uuid.uuid4().hex[:6]
+    units = [(registry(f"{tag}-u{i:02d}", grid=f"G-{tag}-{i % 3}"), "available") for i in range(40)]
+    producer = KafkaProducer(bootstrap_servers=sched.bootstrap_servers, linger_ms=5, acks="all")
+    publish_units(producer, sched, units[:20])  # the city arrives in two parts, 2 s apart
+    time.sleep(2.0)
+    publish_units(producer, sched, units[20:])
+    producer.close()
+    every = {reg["unit_id"] for reg, _ in units}
+    issued = collect(sched, "drills.issued.v1", lambda rs: {v["unit_id"] for _, v, _ in rs} >= every, timeout=30)
+    assert {v["unit_id"] for _, v, _ in issued} == every, "the plan covers the whole registry, not its first part"
+    assert worker.metric("kaifong_drills_issued_total", reason="scheduled") == len(every)
