@@ -264,7 +264,9 @@ class Simulator:
             self.later(ack, partial(self._dispatched, unit, incident_id))
             if self.rng.random() < self.config.no_show_share:
                 continue  # never arrives
-            travel = max(5.0, float(assigned["eta_s"]) * self.rng.uniform(0.6, 1.5))
+            # On scene after the ETA give or take, and never before it acknowledged and set off:
+            # a unit's statuses go dispatched → en_route → on_scene (the worker refuses others).
+            travel = max(5.0, float(assigned["eta_s"]) * self.rng.uniform(0.6, 1.5), ack + 3)
             self.later(ack + 2, partial(self.status, unit, "en_route"))
             self.later(travel, partial(self._arrive, unit, incident_id))
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
+import inspect
 import time
 from collections import Counter
 from datetime import datetime
+from typing import Any
 
 import orjson
 import pytest
 from kafka import KafkaConsumer
 
+from kaifong.streams.settings import Settings
 from kaifong.streams.simulate import SimConfig, Simulator
 
 pytestmark = pytest.mark.integration
@@ -94,3 +98,35 @@ def test_an_exercise_report_is_stamped_after_its_participants_switched(new_setti
     assert report["exercise"] is True and len(drilling) == 4, (report, drilling)
     reported_at = datetime.fromisoformat(report["reported_at"])
     assert all(datetime.fromisoformat(s["at"]) <= reported_at for s in drilling), (report, drilling)
+
+
+def test_assigned_units_report_dispatched_then_en_route_then_on_scene() -> None:
+    # A unit assigned close by (a short ETA) arrived before its scheduled acknowledgement (3-20 s)
+    # and departure: `on_scene → en_route` dead-lettered as an illegal transition, 166 times in a
+    # `make run` hour. The simulator's schedule is run here in order, its statuses recorded.
+    sim = Simulator(Settings(), SimConfig(seed=5, units=200, no_show_share=0.0))
+    sent: list[tuple[str, str | None]] = []
+
+    async def status(unit: Any, status: str | None = None) -> None:
+        sent.append((unit.unit_id, status))
+
+    async def update(*_: Any, **__: Any) -> None:
+        return None
+
+    sim.status = status  # type: ignore[method-assign]
+    sim.update = update  # type: ignore[method-assign]
+    units = sim.unit_list[:30]
+    sim._open["inc-1"] = {"arrived": False, "units": set(), "exercise": False, "opened": sim.now()}
+
+    async def run() -> None:
+        await sim.on_assignment({"incident_id": "inc-1", "units": [
+            {"unit_id": u.unit_id, "eta_s": float(i)} for i, u in enumerate(units)]})
+        while sim._heap:
+            result = heapq.heappop(sim._heap).action()
+            if inspect.isawaitable(result):
+                await result
+
+    asyncio.run(run())
+    for u in units:
+        mine = [st for uid, st in sent if uid == u.unit_id]
+        assert mine[:3] == ["dispatched", "en_route", "on_scene"], (u.unit_id, mine)
