@@ -15,6 +15,9 @@ volunteer app would, and listens to the pipeline's outputs the way unit terminal
   speed (ETA from the assignment, ×0.6–1.5: some are late) and arrive — or never do (a share
   does not show). Incidents are resolved some minutes after the first arrival and the units go
   back to available. Pull-test drills are answered (most in time, some late, some never).
+- **Duty officers:** most escalations are acknowledged (``escalation_ack_share``, after a median
+  of ~90 s); the rest are re-notified until their incident closes, as in a command centre where
+  a level does not answer.
 - **Time:** real time, or accelerated (``time_scale``): simulation time runs that many times
   faster than the wall clock from a shared epoch, the same clock the workers are given.
 """
@@ -22,6 +25,7 @@ volunteer app would, and listens to the pipeline's outputs the way unit terminal
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import itertools
 import logging
@@ -70,6 +74,9 @@ class SimConfig:
     exercise_share: float = 0.05
     no_show_share: float = 0.08  # assigned units that never arrive
     drill_no_answer_share: float = 0.05
+    #: The command levels' duty officers: the share of escalations they acknowledge (the rest
+    #: are re-notified until their incident closes), after a median of ~90 s.
+    escalation_ack_share: float = 0.9
     duration_s: float | None = None  # simulated seconds of new incidents; None = until stopped
     drain_s: float = 0.0  # then this long with no new incidents: units still answer and resolve
     publish_registry: bool = True
@@ -108,7 +115,8 @@ class Simulator:
     config: SimConfig
     city: City | None = None
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("statuses", "incidents", "exercises", "updates", "assignments_seen", "resolved", "drill_responses"), 0))
+        ("statuses", "incidents", "exercises", "updates", "assignments_seen", "resolved", "drill_responses",
+         "escalations_acked"), 0))
     _heap: list[_Due] = field(default_factory=list)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _open: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -326,9 +334,25 @@ class Simulator:
         self.later(ack, lambda: respond("acknowledged", None))
         self.later(muster, lambda: respond("mustered", headcount))
 
+    async def on_escalation(self, e: dict[str, Any]) -> None:
+        """A duty officer acknowledges a new escalation (or, now and then, does not)."""
+        if e["notification"] != 0 or self.rng.random() >= self.config.escalation_ack_share:
+            return
+        esc_id = e["escalation_id"]
+
+        async def acknowledge() -> None:
+            digest = hashlib.sha256(esc_id.encode()).hexdigest()[:32]
+            await self.send("incidents.updates.v1", e["incident_id"], {
+                "event_id": f"sim-ack-{digest}", "incident_id": e["incident_id"], "kind": "escalation_acknowledged",
+                "escalation_id": esc_id, "by": f"sim-duty-{e['level']}", "at": self.now().isoformat()})
+            self.stats["escalations_acked"] += 1
+
+        self.later(self.rng.lognormvariate(math.log(90), 0.6), acknowledge)
+
     async def listen(self, stop: asyncio.Event) -> None:
-        """Follow assignments and drills like unit terminals do."""
+        """Follow assignments and drills like unit terminals do, and escalations like duty officers."""
         consumer = AIOKafkaConsumer(self.topic("dispatch.assignments.v1"), self.topic("drills.issued.v1"),
+                                    self.topic("incidents.escalations.v1"),
                                     bootstrap_servers=self.settings.bootstrap_servers, auto_offset_reset="latest",
                                     fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
                                     **security.aiokafka_kwargs(self.settings))
@@ -341,6 +365,8 @@ class Simulator:
                         value = orjson.loads(rec.value)
                         if rec.topic.endswith("dispatch.assignments.v1"):
                             await self.on_assignment(value)
+                        elif rec.topic.endswith("incidents.escalations.v1"):
+                            await self.on_escalation(value)
                         else:
                             await self.on_drill(value)
         finally:

@@ -59,6 +59,9 @@ def test_one_simulated_hour_at_60x(new_settings, start_worker) -> None:
         assert worker.metric("kaifong_ring_outcomes_total", outcome="met", exercise=label) == from_states["met"]
         assert worker.metric("kaifong_ring_outcomes_total", outcome="breached", exercise=label) \
             == from_states["breached"]
+    # The simulated duty officers' acknowledgements reached the incidents' owners.
+    assert stats["escalations_acked"] > 0, stats
+    assert 0 < worker.metric("kaifong_escalation_ack_seconds_count") <= stats["escalations_acked"]
     opened = sum(1 for st in final.values() if st["status"] not in ("resolved", "cancelled"))
     assert worker.metric("kaifong_incidents_open") == opened
     assert worker.alive()
