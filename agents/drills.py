@@ -78,7 +78,7 @@ from redis.exceptions import WatchError
 from kaifong.agents import drillplan as dp
 from kaifong.agents.intake import INFRA_ERRORS, Refused
 from kaifong.agents.ringclock import RingClock, member, parse_member
-from kaifong.agents.unitstore import READ_STEP, live_key, registry_key
+from kaifong.agents.unitstore import ALL_UNITS_KEY, READ_STEP, live_key, registry_key
 from kaifong.streams import metrics
 from kaifong.streams.codec import Headers, cloudevent_headers
 from kaifong.streams.settings import Settings
@@ -685,7 +685,7 @@ class Drills:
         cached = self._population
         if cached is not None and not refresh and time.monotonic() - cached[0] < POPULATION_TTL_S:
             return cached[1]
-        members: set[bytes] = await self.redis.smembers("kf:units:all")  # type: ignore[misc,assignment]
+        members: set[bytes] = await self.redis.smembers(ALL_UNITS_KEY)  # type: ignore[misc,assignment]
         ids = sorted(m.decode() for m in members)
         units: list[dp.UnitInfo] = []
         for i in range(0, len(ids), READ_STEP):
@@ -754,7 +754,7 @@ class Drills:
     async def registry_settled(self) -> bool:
         """Whether the unit registry is non-empty and has stopped growing (see
         :data:`REGISTRY_SETTLE_S`): one SCARD a scheduler tick until a day is planned."""
-        count: int = await self.redis.scard("kf:units:all")  # type: ignore[misc]
+        count: int = await self.redis.scard(ALL_UNITS_KEY)  # type: ignore[misc]
         mono = time.monotonic()
         seen, since, first = self._registry_seen or (-1, mono, mono)
         if count != seen:
@@ -920,7 +920,7 @@ class Drills:
         A scan of every unit: a manual order is a person's action, rare enough that an index
         kept in step with the registry would cost more than it saves.
         """
-        members: set[bytes] = await self.redis.smembers("kf:units:all")  # type: ignore[misc,assignment]
+        members: set[bytes] = await self.redis.smembers(ALL_UNITS_KEY)  # type: ignore[misc,assignment]
         ids = sorted(m.decode() for m in members)
         found: list[str] = []
         target = grid.encode()

@@ -163,6 +163,9 @@ end
 return out
 """
 
+#: Redis set of every registered unit id (REGISTRY_LUA adds to it).
+ALL_UNITS_KEY = "kf:units:all"
+
 # KEYS: seen-key, reg, live. ARGV: ttl, json, unit_id, kind, home_lat, home_lon, district, grid
 REGISTRY_LUA = _REINDEX + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'dup' end
@@ -421,7 +424,7 @@ class UnitStore:
         """Read every unit's registry entry into the cache (a worker's first decisions then
         need no registry round trip); return how many were read. ``chunk`` units a step: a
         step of 1,000 held up the incidents arriving meanwhile for ~6 ms."""
-        members: set[bytes] = await self.redis.smembers("kf:units:all")  # type: ignore[misc,assignment]
+        members: set[bytes] = await self.redis.smembers(ALL_UNITS_KEY)  # type: ignore[misc,assignment]
         ids = sorted(m.decode() for m in members)
         for i in range(0, len(ids), chunk):
             part = ids[i:i + chunk]
