@@ -140,7 +140,7 @@ def cmd_firehose(args: argparse.Namespace) -> int:
     """Run the unit firehose (registry + status → Redis) in this process until SIGTERM."""
     import asyncio
 
-    from kaifong.agents.firehose import child_main
+    from kaifong.agents.flows.firehose import child_main
 
     settings = _settings()
     _logging(settings)
@@ -286,7 +286,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # -- bench ------------------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure throughput and latency against the same-run baseline (see agents/bench.py)."""
-    from kaifong.agents.bench import main as bench_main
+    from kaifong.agents.tools.bench import main as bench_main
 
     return bench_main(args.events, args.incident_rate, args.duration, args.json, args.broker_url or None,
                       args.redis_url or None, args.units, args.open_incidents,

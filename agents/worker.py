@@ -16,15 +16,17 @@ from typing import Any
 
 import faust
 
-from kaifong.agents import brokerwatch, report, watchdog, web
-from kaifong.agents.dispatch import Dispatcher
-from kaifong.agents.drills import Drills
-from kaifong.agents.firehose import Supervisor
-from kaifong.agents.incidents import Incidents
-from kaifong.agents.intake import INFRA_ERRORS, Pipeline
-from kaifong.agents.ringclock import RingClock
-from kaifong.agents.units import UnitsIntake
-from kaifong.agents.unitstore import UnitStore
+from kaifong.agents import report
+from kaifong.agents.flows import brokerwatch, watchdog
+from kaifong.agents.flows.dispatch import Dispatcher
+from kaifong.agents.flows.drills import Drills
+from kaifong.agents.flows.firehose import Supervisor
+from kaifong.agents.flows.incidents import Incidents
+from kaifong.agents.flows.intake import INFRA_ERRORS, Pipeline
+from kaifong.agents.flows.units import UnitsIntake
+from kaifong.agents.store.timers import RingClock
+from kaifong.agents.store.units import UnitStore
+from kaifong.agents.web import server as web
 from kaifong.streams import metrics
 from kaifong.streams.app import KaifongApp, create_app
 from kaifong.streams.codec import Headers
@@ -63,7 +65,7 @@ class Worker:
         self.drills = Drills(settings, self.redis, self.send_all, _now, self.owned_partitions, self.is_ready)
         self.incidents.on_dispatched = self.drills.abort_for_units
         self.units = UnitsIntake(settings, self.redis, self.store, _now)
-        # The firehose in its own process (default) or inline: see kaifong.agents.firehose.
+        # The firehose in its own process (default) or inline: see kaifong.agents.flows.firehose.
         self.firehose = Supervisor(settings, self.units.joined) if settings.firehose == "process" else None
         self._faust_assigned = asyncio.Event()
         metrics.init_labels(settings)

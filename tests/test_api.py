@@ -21,7 +21,7 @@ import redis
 from aiohttp.test_utils import make_mocked_request
 from kafka import KafkaConsumer
 
-from kaifong.agents.api import Guard, InsecureConfig, is_loopback
+from kaifong.agents.web.api import Guard, InsecureConfig, is_loopback
 from kaifong.streams.settings import Settings
 
 pytestmark = pytest.mark.integration

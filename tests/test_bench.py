@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kaifong.agents.bench import Bench, BenchLoss, check_loss, table, verdicts
+from kaifong.agents.tools.bench import Bench, BenchLoss, check_loss, table, verdicts
 from kaifong.streams.admin import ensure_topics
 from kaifong.streams.city import generate
 from kaifong.streams.topics import TopicSpec

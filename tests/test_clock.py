@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kaifong.agents import clock
-from kaifong.agents.intake import Refused
+from kaifong.agents.core import clock
+from kaifong.agents.core.errors import Refused
 from kaifong.streams.settings import parse_rings
 
 RINGS = parse_rings("self_rescue:60,mutual_aid:180,grid:300,street:600,professional:1200")

@@ -320,7 +320,7 @@ def test_deployment_is_production_shaped() -> None:
 
 
 def test_probes_and_scrapes_point_at_real_endpoints() -> None:
-    web = (ROOT / "agents" / "web.py").read_text("utf-8")
+    web = (ROOT / "agents" / "web" / "server.py").read_text("utf-8")
     for path in ("/health", "/ready", "/metrics"):
         assert f'@app.page("{path}")' in web, f"the worker serves no {path}"
     c = container(one("Deployment"))

@@ -13,7 +13,7 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 
-from kaifong.agents.clock import initial_rings
+from kaifong.agents.core.clock import initial_rings
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Tests for kaifong.agents.drillplan: 60 simulated days on the generated city, then scoring.
+"""Tests for kaifong.agents.core.drillplan: 60 simulated days on the generated city, then scoring.
 
 The simulation: the seed-7 city (23,000 units), 705 drills a day for 60 days from a Monday;
 each day a random 3 % of units are busy (dispatched, off duty or drilling) and passed to the
@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from kaifong.agents.drillplan import (
+from kaifong.agents.core.drillplan import (
     DrillPlanner,
     DrillPolicy,
     DrillState,

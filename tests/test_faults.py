@@ -29,7 +29,7 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 
-from kaifong.agents.clock import initial_rings
+from kaifong.agents.core.clock import initial_rings
 from kaifong.streams.embedded import EmbeddedStack, Service, free_port
 from kaifong.streams.publisher import Publisher
 from kaifong.streams.settings import Settings
@@ -587,7 +587,7 @@ def test_broker_watch_compare_and_forget() -> None:
     is reported once, and that Faust's read positions of lost partitions are forgotten."""
     from aiokafka.structs import TopicPartition as TP
 
-    from kaifong.agents.brokerwatch import BrokerWatch, forget_positions
+    from kaifong.agents.flows.brokerwatch import BrokerWatch, forget_positions
 
     watch = BrokerWatch(Settings(topic_prefix="w."))
     a0, a1, b0 = TP("w.a", 0), TP("w.a", 1), TP("w.b", 0)

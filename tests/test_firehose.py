@@ -17,9 +17,9 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kaifong.agents.bench import children
-from kaifong.agents.firehose import merged_exposition
-from kaifong.agents.unitstore import live_key
+from kaifong.agents.flows.firehose import merged_exposition
+from kaifong.agents.store.units import live_key
+from kaifong.agents.tools.bench import children
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -142,8 +142,8 @@ def _apply_poisoned(settings: Any, batch: str, script: str, events: list[dict[st
     import redis.asyncio as aioredis
     from aiokafka.structs import ConsumerRecord, TopicPartition
 
-    from kaifong.agents.units import Prepared, UnitsIntake
-    from kaifong.agents.unitstore import UnitStore
+    from kaifong.agents.flows.units import Prepared, UnitsIntake
+    from kaifong.agents.store.units import UnitStore
 
     topic = settings.topic_prefix + f"units.{batch}.v1"
 
@@ -182,7 +182,7 @@ def _only_poison_dead_lettered(settings: Any, batch: str, counts: dict[tuple[str
 def _poison_case(batch: str) -> tuple[str, list[dict[str, Any]], Any]:
     """For ``batch``: the real script made to fail on unit "poison", three events (u1, poison,
     u2) and a probe of what each left in Redis (truthy: applied)."""
-    from kaifong.agents.unitstore import REGISTRY_LUA, STATUS_LUA, registry_key
+    from kaifong.agents.store.units import REGISTRY_LUA, STATUS_LUA, registry_key
 
     units = ("u1", "poison", "u2")
     if batch == "status":
@@ -229,8 +229,8 @@ def test_registry_change_reaches_the_next_decision_despite_the_cache(new_setting
     import redis.asyncio as aioredis
     from aiokafka.structs import ConsumerRecord, TopicPartition
 
-    from kaifong.agents.units import Prepared, UnitsIntake
-    from kaifong.agents.unitstore import UnitStore
+    from kaifong.agents.flows.units import Prepared, UnitsIntake
+    from kaifong.agents.store.units import UnitStore
 
     settings = new_settings()
     reg_topic, status_topic = settings.topic_prefix + "units.registry.v1", settings.topic_prefix + "units.status.v1"

@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer, KafkaProducer
 
-from kaifong.agents.api import Api
+from kaifong.agents.web.api import Api
 from kaifong.schemas.validation import InvalidEvent, load_schema, parse
 from kaifong.streams.settings import Settings
 

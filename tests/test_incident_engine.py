@@ -12,11 +12,11 @@ import orjson
 import pytest
 import redis
 
-from kaifong.agents.dispatch import Dispatcher
-from kaifong.agents.incidents import Incidents
-from kaifong.agents.intake import Refused
-from kaifong.agents.ringclock import RingClock
-from kaifong.agents.unitstore import UnitStore
+from kaifong.agents.core.errors import Refused
+from kaifong.agents.flows.dispatch import Dispatcher
+from kaifong.agents.flows.incidents import Incidents
+from kaifong.agents.store.timers import RingClock
+from kaifong.agents.store.units import UnitStore
 from kaifong.streams.redisio import connect
 from kaifong.streams.settings import Settings
 
@@ -202,7 +202,7 @@ def test_on_scene_in_time_meets_the_ring_and_no_escalation_follows(h: Harness) -
 def test_report_at_the_end_of_the_calendar_is_refused_not_an_internal_error(h: Harness) -> None:
     """A valid RFC 3339 time whose deadlines would pass year 9999 is bad input: dead-lettered
     ``time_out_of_range`` with the reason, no internal error counted, the next report handled."""
-    from kaifong.agents.intake import Inbound, Pipeline
+    from kaifong.agents.flows.intake import Inbound, Pipeline
     from kaifong.streams import metrics
     from kaifong.streams.topics import INCIDENTS_REPORTED
 

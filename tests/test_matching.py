@@ -1,4 +1,4 @@
-"""Tests for kaifong.agents.matching: hand-built scenes around one incident, plus properties.
+"""Tests for kaifong.agents.core.matching: hand-built scenes around one incident, plus properties.
 
 Distances are laid out in metres north/east of the incident so each expected ETA can be worked
 out by hand: eta = turnout + 1.3 x distance / speed (post 1.4 m/s + 5 s, unit 2.5 m/s + 20 s,
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kaifong.agents.matching import (
+from kaifong.agents.core.matching import (
     DETOUR,
     RUN_CARDS,
     SPEED_MPS,

@@ -194,12 +194,12 @@ def is_client(call):
         name in ("Redis", "redis.Redis", "aioredis.Redis")
 
 
-for path in sorted([*root.glob("streams/*.py"), *root.glob("agents/*.py")]):
+for path in sorted([*root.glob("streams/*.py"), *root.glob("agents/**/*.py")]):
     tree = ast.parse(path.read_text("utf-8"))
     for func in ast.walk(tree):
         if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        if path.name == "api.py" and func.name in ("token_matches", "refusal"):
+        if "web" in path.parts and func.name in ("token_matches", "refusal"):
             out["compare_digest"][func.name] = sorted({ast.unparse(c.func) for c in ast.walk(func)
                                                        if isinstance(c, ast.Call)})
         for call in ast.walk(func):
@@ -215,7 +215,7 @@ for path in sorted([*root.glob("streams/*.py"), *root.glob("agents/*.py")]):
             out["clients"].append(where)
             if not (direct or via_dict):
                 out["without"].append(where)
-    if path.name in ("api.py", "web.py"):
+    if "web" in path.parts:  # every module of the HTTP room
         for node in ast.walk(tree):
             if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops):
                 operands = [o for o in (node.left, *node.comparators) if not isinstance(o, ast.Constant)]
@@ -345,9 +345,9 @@ def test_redis_tls_and_auth_live(pki: dict[str, str], protected_valkey: Service)
 
 # -- 3. constant-time token checks, no HTML ---------------------------------------------------------------------
 def test_token_comparisons_are_constant_time() -> None:
-    """agents/api.py compares the bearer token and the console cookie with hmac.compare_digest,
-    and neither api.py nor web.py compares a secret with ==/!=."""
-    from kaifong.agents.api import Guard
+    """agents/web/api.py compares the bearer token and the console cookie with hmac.compare_digest,
+    and no module of agents/web/ compares a secret with ==/!=."""
+    from kaifong.agents.web.api import Guard
 
     found = analysis()
     for name in ("token_matches", "refusal"):  # the bearer token; the console cookie
@@ -367,7 +367,7 @@ def _non_literal(arg: str) -> bool:
 def test_console_js_never_renders_data_as_html() -> None:
     """No innerHTML/outerHTML assignment, insertAdjacentHTML or document.write with anything but a
     literal; no eval or Function constructor (the CSP forbids inline script as well)."""
-    js = (ROOT / "agents" / "static" / "console.js").read_text("utf-8")
+    js = (ROOT / "agents" / "web" / "static" / "console.js").read_text("utf-8")
     code = re.sub(r"//[^\n]*|/\*.*?\*/", "", js, flags=re.DOTALL)  # comments may mention the words
     offenders = [m.group(0) for m in re.finditer(r"\.(innerHTML|outerHTML)\s*\+?=\s*([^;\n]+)", code)
                  if _non_literal(m.group(2))]
@@ -377,7 +377,7 @@ def test_console_js_never_renders_data_as_html() -> None:
     offenders += re.findall(r"\beval\s*\(|\bnew\s+Function\s*\(|set(?:Timeout|Interval)\s*\(\s*[\"'`]", code)
     assert not offenders, offenders
     assert "textContent" in code  # the way it renders text
-    html = (ROOT / "agents" / "static" / "index.html").read_text("utf-8")
+    html = (ROOT / "agents" / "web" / "static" / "index.html").read_text("utf-8")
     assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), "no inline script in the console page"
     assert not re.search(r"\son[a-z]+\s*=", html), "no inline event handlers"
 

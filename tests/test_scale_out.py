@@ -15,7 +15,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from kaifong.agents.clock import initial_rings
+from kaifong.agents.core.clock import initial_rings
 from kaifong.streams.city import generate
 
 pytestmark = pytest.mark.integration

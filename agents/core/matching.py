@@ -1,4 +1,4 @@
-"""kaifong.agents.matching — choose units for each response ring: pure functions, clock injected.
+"""kaifong.agents.core.matching — choose units for each response ring: pure functions, clock injected.
 
 Layer: agents (pure: no I/O). It imports :mod:`kaifong.streams.settings` (for :class:`Ring`) and
 the standard library only. Nothing here reads the clock: every ETA is a duration from the

@@ -1,4 +1,4 @@
-"""kaifong.agents.drillplan — pull-test drills: stratified random sampling with a coverage guarantee, and scoring.
+"""kaifong.agents.core.drillplan — pull-test drills: stratified random sampling with a coverage guarantee, and scoring.
 
 Layer: agents (pure: no I/O, no clock, no global randomness). It imports the standard library
 only; the caller holds the clock, the ``random.Random`` and the persisted state, so one input

@@ -1,4 +1,4 @@
-"""kaifong.agents.incidents — the incident flow: report → dispatch → ring clocks → escalations.
+"""kaifong.agents.flows.incidents — the incident flow: report → dispatch → ring clocks → escalations.
 
 Layer: agents. Thin: read the stored incident document, call the pure functions in
 ``clock``/``dispatch``, write, send, count. Durable state lives in Redis (DESIGN.md §7):
@@ -9,7 +9,7 @@ Layer: agents. Thin: read the stored incident document, call the pure functions 
   crash in between re-sends the outbox on the next touch of the incident, so a fact is never
   lost nor decided twice;
 - ring deadlines, re-notifications and early-update expiries are timers in Redis
-  (:mod:`kaifong.agents.ringclock`), fired by whichever worker owns the partition.
+  (:mod:`kaifong.agents.store.timers`), fired by whichever worker owns the partition.
 
 Events of one incident are serialised in-process by a lock per incident; across processes the
 partition owner is the only writer (updates and reports are co-partitioned by incident_id).
@@ -31,12 +31,13 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from kaifong.agents import clock
-from kaifong.agents.dispatch import Dispatcher, assignment_body, outcome_of, view_of
-from kaifong.agents.intake import Duplicate, Refused, current_message
-from kaifong.agents.matching import IncidentView, RingDecision
-from kaifong.agents.ringclock import RingClock, member, parse_member
-from kaifong.agents.unitstore import CANDIDATES_FN, UnitStore
+from kaifong.agents.core import clock
+from kaifong.agents.core.errors import Duplicate, Refused
+from kaifong.agents.core.matching import IncidentView, RingDecision
+from kaifong.agents.flows.dispatch import Dispatcher, assignment_body, outcome_of, view_of
+from kaifong.agents.flows.intake import current_message
+from kaifong.agents.store.timers import RingClock, member, parse_member
+from kaifong.agents.store.units import CANDIDATES_FN, UnitStore
 from kaifong.streams import metrics
 from kaifong.streams.codec import Headers, cloudevent_headers, dead_letter
 from kaifong.streams.settings import Settings

@@ -1,4 +1,4 @@
-"""kaifong.agents.unitstore — units in Redis: registry, live state, geo index, reservations.
+"""kaifong.agents.store.units — units in Redis: registry, live state, geo index, reservations.
 
 Layer: agents (the Redis adapter of the unit model). Every write is one Lua script, atomic per
 call, so that across partitions and worker processes:
@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from kaifong.agents.matching import Candidate
+from kaifong.agents.core.matching import Candidate
 
 KINDS = ("post", "unit", "grid_team", "street_force", "professional")
 REGISTRY_CACHE_S = 30.0

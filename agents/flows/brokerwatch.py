@@ -1,4 +1,4 @@
-"""kaifong.agents.brokerwatch — notice that the broker lost data, say so loudly, and carry on.
+"""kaifong.agents.flows.brokerwatch — notice that the broker lost data, say so loudly, and carry on.
 
 Layer: agents. The embedded broker (Tansu, memory storage) keeps every record, topic and
 committed offset in memory: when it restarts, the topics come back empty (or not at all), and a

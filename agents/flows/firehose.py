@@ -1,13 +1,13 @@
-"""kaifong.agents.firehose — the unit firehose in a process of its own, supervised by the worker.
+"""kaifong.agents.flows.firehose — the unit firehose in a process of its own, supervised by the worker.
 
-Layer: agents. The unit-status firehose (:mod:`kaifong.agents.units`) is CPU-bound Python —
+Layer: agents. The unit-status firehose (:mod:`kaifong.agents.flows.units`) is CPU-bound Python —
 decode, validate, pack — at thousands of events a second. In the worker's process it shares
 one GIL and one event loop with the incident flow, and every Redis round trip of a report
 waits behind a slice of firehose work: measured on 2 cores with 10,000 status events/s, the
 decision time p99 was ~100 ms in one process. So by default (``KAIFONG_FIREHOSE=process``)
 each worker starts one firehose child:
 
-- the child (``kaifong firehose``) runs :class:`~kaifong.agents.units.UnitsIntake` and a tiny
+- the child (``kaifong firehose``) runs :class:`~kaifong.agents.flows.units.UnitsIntake` and a tiny
   HTTP server on 127.0.0.1 (an ephemeral port, told to the parent on its stdout) with
   ``/metrics`` (kaifong's families only) and ``/ready`` (its consumer has joined);
 - the parent (:class:`Supervisor`) starts it, dies with it never (the child gets SIGTERM when
@@ -71,8 +71,8 @@ async def _http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, read
 
 async def child_main(settings: Settings, port: int = 0) -> None:
     """The firehose process: consume unit events until SIGTERM/SIGINT."""
-    from kaifong.agents.units import UnitsIntake
-    from kaifong.agents.unitstore import UnitStore
+    from kaifong.agents.flows.units import UnitsIntake
+    from kaifong.agents.store.units import UnitStore
     from kaifong.streams.redisio import connect
 
     redis = connect(settings)

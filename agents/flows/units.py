@@ -1,4 +1,4 @@
-"""kaifong.agents.units — the unit firehose: registry and live status, in batches.
+"""kaifong.agents.flows.units — the unit firehose: registry and live status, in batches.
 
 Layer: agents. Unit status is the high-volume input (23,000 units every 10 s is ~2,300/s;
 290,000 responders every 30 s ~9,700/s), so it bypasses Faust's per-event stream machinery
@@ -24,8 +24,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from redis.exceptions import NoScriptError, ResponseError
 
-from kaifong.agents.intake import dedupe_key, retry_infra
-from kaifong.agents.unitstore import UnitStore, live_key, registry_key
+from kaifong.agents.flows.intake import dedupe_key, retry_infra
+from kaifong.agents.store.units import UnitStore, live_key, registry_key
 from kaifong.schemas.validation import InvalidEvent, parse
 from kaifong.streams import metrics, security
 from kaifong.streams.codec import dead_letter

@@ -1,4 +1,4 @@
-"""kaifong.agents.ringclock — durable timers in Redis: one sorted set per input partition.
+"""kaifong.agents.store.timers — durable timers in Redis: one sorted set per input partition.
 
 Layer: agents (Redis adapter). Deadlines are data, not sleeps: a timer is a member of
 ``kf:clock:{prefix}{partition}`` scored by its due time (ms). The worker that owns a partition

@@ -1,6 +1,6 @@
-"""kaifong.agents.drills — pull-test drills end to end: the daily plan, issuing, answers, results.
+"""kaifong.agents.flows.drills — pull-test drills end to end: the daily plan, issuing, answers, results.
 
-Layer: agents. Every decision is :mod:`kaifong.agents.drillplan`'s (pure: who is drilled when,
+Layer: agents. Every decision is :mod:`kaifong.agents.core.drillplan`'s (pure: who is drilled when,
 how an answer is scored); this module keeps the Redis state around those decisions and
 publishes what they produce. Nothing here changes a unit's live status: a drilled unit stays
 exactly as dispatchable as it reports itself to be, and a real dispatch aborts its drill.
@@ -22,7 +22,7 @@ Scheduler state is scoped by topic prefix (like the ring clocks), so two deploym
 test runs — sharing a Redis never share a leader or a plan: ``kf:drills:leader:{prefix}`` (the
 lease), ``kf:drills:plan:{prefix}`` (planned drills by issue time), ``kf:drills:planned:{prefix}{day}``
 (that day is planned) and ``kf:drills:planner:{prefix}`` (the planner's state in
-:meth:`~kaifong.agents.drillplan.DrillPlanner.export_state` form: unit → last drill, ``@epoch``).
+:meth:`~kaifong.agents.core.drillplan.DrillPlanner.export_state` form: unit → last drill, ``@epoch``).
 
 **One scheduler.** Every worker runs the scheduler loop; only the holder of a Redis lease
 (``SET kf:drills:leader:{prefix} <worker-id> NX PX 15000``, renewed every 5 s by its holder, and
@@ -33,15 +33,15 @@ That is safe enough here because nothing a leader does can be done twice: a day 
 leaders issue from one stored plan; and only from a registry that has stopped growing,
 :data:`REGISTRY_SETTLE_S`, or a worker started beside a city being loaded would draw the whole
 day from its first units), a drill's id is a function of its unit and planned time
-(:func:`~kaifong.agents.drillplan.drill_id`), and issuing is one Lua script that creates the
+(:func:`~kaifong.agents.core.drillplan.drill_id`), and issuing is one Lua script that creates the
 drill only if its id is new and its unit has no open drill. Two leaders issuing the same planned
 drill create it once; the loser at most re-sends the same record (same key, same CloudEvents
 id), which consumers already treat as a duplicate.
 
 **Lifecycle.** Issue (scheduled or manual, one path) → answers on ``drills.responses.v1`` are
-folded in with :func:`~kaifong.agents.drillplan.apply_response` → the result is decided by
-:func:`~kaifong.agents.drillplan.score` when both stages are in or when the decision timer fires
-at :func:`~kaifong.agents.drillplan.decide_at`. Decision timers are a :class:`RingClock` of their
+folded in with :func:`~kaifong.agents.core.drillplan.apply_response` → the result is decided by
+:func:`~kaifong.agents.core.drillplan.score` when both stages are in or when the decision timer fires
+at :func:`~kaifong.agents.core.drillplan.decide_at`. Decision timers are a :class:`RingClock` of their
 own (``kf:clock:drills:{prefix}{partition}``, member kind ``x``), sharded by the partition the
 drill id's responses go to, and fired by whichever worker owns that partition, so they survive
 a crash exactly like ring deadlines do. Records are written before they are sent and flagged
@@ -75,10 +75,11 @@ import redis.asyncio as aioredis
 from aiokafka.partitioner import murmur2
 from redis.exceptions import WatchError
 
-from kaifong.agents import drillplan as dp
-from kaifong.agents.intake import INFRA_ERRORS, Refused
-from kaifong.agents.ringclock import RingClock, member, parse_member
-from kaifong.agents.unitstore import ALL_UNITS_KEY, READ_STEP, live_key, registry_key
+from kaifong.agents.core import drillplan as dp
+from kaifong.agents.core.errors import Refused
+from kaifong.agents.flows.intake import INFRA_ERRORS
+from kaifong.agents.store.timers import RingClock, member, parse_member
+from kaifong.agents.store.units import ALL_UNITS_KEY, READ_STEP, live_key, registry_key
 from kaifong.streams import metrics
 from kaifong.streams.codec import Headers, cloudevent_headers
 from kaifong.streams.settings import Settings
@@ -987,7 +988,7 @@ class Drills:
 
     async def rates(self, by: str | None) -> tuple[int, dict[str, Any]]:
         """``GET /api/drills/rates?by=district|grid``: pass rate per group (aborted drills excluded,
-        as :func:`~kaifong.agents.drillplan.pass_rates` counts), with the outcome counts."""
+        as :func:`~kaifong.agents.core.drillplan.pass_rates` counts), with the outcome counts."""
         if by not in ("district", "grid"):
             return 400, {"error": "bad_query", "message": "by must be district or grid"}
         raw: dict[bytes, bytes] = await self.redis.hgetall(rates_key(by))  # type: ignore[misc,assignment]

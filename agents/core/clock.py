@@ -1,4 +1,4 @@
-"""kaifong.agents.clock — the ring clocks as pure functions: open, assign, arrive, breach, escalate.
+"""kaifong.agents.core.clock — the ring clocks as pure functions: open, assign, arrive, breach, escalate.
 
 Layer: agents (pure: no I/O, the clock is passed in as ``now``). The worker and the
 after-action report both call these, so there is one implementation of the rules:
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from kaifong.agents.intake import Refused
+from kaifong.agents.core.errors import Refused
 from kaifong.streams.settings import Ring
 
 #: Status order: an update never moves an incident backwards (a late "acknowledged" after

@@ -1,13 +1,13 @@
-"""kaifong.agents.web — the worker's HTTP surface: probes, metrics, the API, the live feed, the console.
+"""kaifong.agents.web.server — the worker's HTTP surface: probes, metrics, the API, the live feed, the console.
 
 Layer: agents. Served by Faust's web server (aiohttp) on ``KAIFONG_WEB_PORT``:
 
 - ``/health``, ``/ready`` — probes, never behind the token;
 - ``/metrics`` — Prometheus, behind the token when the port is reachable beyond loopback;
-- ``/api/*`` — :mod:`kaifong.agents.api`; ``/api/stream`` — :mod:`kaifong.agents.live`;
+- ``/api/*`` — :mod:`kaifong.agents.web.api`; ``/api/stream`` — :mod:`kaifong.agents.web.live`;
 - ``/`` and ``/static/{name}`` — the command-centre console (plain HTML/CSS/JS, no build step).
 
-One aiohttp middleware (:meth:`kaifong.agents.api.Guard.middleware`) guards and counts every
+One aiohttp middleware (:meth:`kaifong.agents.web.api.Guard.middleware`) guards and counts every
 route, Faust's views included.
 """
 
@@ -22,7 +22,8 @@ from aiohttp import web as aioweb
 from faust import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from kaifong.agents import api, firehose, live
+from kaifong.agents.flows import firehose
+from kaifong.agents.web import api, live
 from kaifong.streams import metrics
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class Console:
 
     def __init__(self, guard: api.Guard) -> None:
         self.guard = guard
-        folder = resources.files("kaifong.agents").joinpath("static")
+        folder = resources.files("kaifong.agents.web").joinpath("static")
         self.files = {name: folder.joinpath(name).read_bytes() for name in STATIC_TYPES}
         self.etags = {name: '"' + hashlib.sha256(body).hexdigest()[:32] + '"' for name, body in self.files.items()}
 
@@ -87,7 +88,7 @@ def _drop_production_index(app: Any) -> None:
 def register(app: Any, worker: Worker) -> None:
     """Add every HTTP endpoint to ``app`` and start the live feed with it.
 
-    Raises :class:`kaifong.agents.api.InsecureConfig` when the port would be reachable beyond
+    Raises :class:`kaifong.agents.web.api.InsecureConfig` when the port would be reachable beyond
     loopback without a token (the worker refuses to start rather than serve an open API).
     """
     guard = api.Guard.from_settings(worker.settings)

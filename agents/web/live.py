@@ -1,4 +1,4 @@
-"""kaifong.agents.live — the live feed: output topics fanned out to browsers as Server-Sent Events.
+"""kaifong.agents.web.live — the live feed: output topics fanned out to browsers as Server-Sent Events.
 
 Layer: agents. Each worker runs one aiokafka consumer **without a consumer group**: it is
 assigned every partition of the incident state, escalation and assignment topics (and the

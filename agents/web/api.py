@@ -1,4 +1,4 @@
-"""kaifong.agents.api — the JSON API on the worker's web port, and the guard in front of it.
+"""kaifong.agents.web.api — the JSON API on the worker's web port, and the guard in front of it.
 
 Layer: agents. Routes are plain aiohttp routes on Faust's web application (Faust's web driver
 is aiohttp; its view classes add nothing here and cannot stream). Everything is read from the
@@ -9,7 +9,7 @@ shared Redis, so any worker answers for the whole city:
 - ``POST /api/escalations/{id}/ack`` — acknowledge an escalation (an ``incident-update`` on the
   updates topic; the incident's owner applies it like any other update);
 - ``POST /api/drills``, ``GET /api/drills``, ``GET /api/drills/rates`` — order a manual pull test,
-  the day's drills, pass rates (the logic is :mod:`kaifong.agents.drills`'s);
+  the day's drills, pass rates (the logic is :mod:`kaifong.agents.flows.drills`'s);
 - ``POST /api/events/{type}`` (or ``?type=``) — HTTP ingest for upstream systems that cannot
   speak Kafka: the same contracts as the topics, all-or-nothing per request.
 
@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from kaifong.agents.clock import LEVELS, incident_of_escalation
-from kaifong.agents.incidents import incident_key
-from kaifong.agents.unitstore import KINDS, live_key, registry_key
+from kaifong.agents.core.clock import LEVELS, incident_of_escalation
+from kaifong.agents.flows.incidents import incident_key
+from kaifong.agents.store.units import KINDS, live_key, registry_key
 from kaifong.schemas.validation import InvalidEvent, parse, validate
 from kaifong.streams import metrics
 from kaifong.streams.city import BBOX, DISTRICTS
@@ -612,7 +612,7 @@ class Api:
         return json_response({"accepted": len(records), "topic": topic,
                               "ids": [ev.get("event_id") for ev in events]}, status=202)
 
-    # -- handlers: drills (the logic lives in kaifong.agents.drills) --------------------------
+    # -- handlers: drills (the logic lives in kaifong.agents.flows.drills) --------------------------
     async def order_drill(self, request: web.Request) -> web.Response:
         """``POST /api/drills``: order a manual pull test (``{"unit_id"|"grid"|"district": …,
         "channel": "radio"|"video"}``); 202 with the issued drill, 400/404/409 with reasons."""

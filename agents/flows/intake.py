@@ -1,4 +1,4 @@
-"""kaifong.agents.intake — validation, duplicate detection and dead-lettering for every input.
+"""kaifong.agents.flows.intake — validation, duplicate detection and dead-lettering for every input.
 
 Layer: agents. ``Pipeline.process`` is the one way an input message enters kaifong: parse and
 validate (compiled schema), drop duplicates by ``event_id``, run the handler, and send anything
@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from kaifong.agents.core.errors import Duplicate, Refused
 from kaifong.schemas.validation import InvalidEvent, parse
 from kaifong.streams import metrics
 from kaifong.streams.codec import Headers, dead_letter
@@ -38,20 +39,6 @@ INFRA_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTime
 #: Entity id field of each input event type (for logs: ids are not personal data).
 ID_FIELD = {"incident-reported": "incident_id", "incident-update": "incident_id",
             "unit-registered": "unit_id", "unit-status": "unit_id", "drill-response": "drill_id"}
-
-
-class Duplicate(Exception):
-    """Raised by a handler that checks the dedupe ledger itself (in its first round trip)."""
-
-
-class Refused(Exception):
-    """A valid-looking event a later stage refuses (stale sequence, illegal transition…)."""
-
-    def __init__(self, stage: str, error_class: str, reason: str) -> None:
-        self.stage = stage
-        self.error_class = error_class
-        self.reason = reason
-        super().__init__(f"{stage}/{error_class}: {reason}")
 
 
 class Message(Protocol):

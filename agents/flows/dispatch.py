@@ -1,6 +1,6 @@
-"""kaifong.agents.dispatch — choose and reserve units for an incident's rings, publish assignments.
+"""kaifong.agents.flows.dispatch — choose and reserve units for an incident's rings, publish assignments.
 
-Layer: agents. Thin around :mod:`kaifong.agents.matching`: find candidates (Redis GEO, small
+Layer: agents. Thin around :mod:`kaifong.agents.core.matching`: find candidates (Redis GEO, small
 radius first, wider only when a kind found none), call ``choose_units``, reserve every chosen
 unit of every ring in one atomic script (all or none), and on a conflict with another incident
 (another partition or worker won a unit) exclude the lost units and decide again. Assignment
@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from kaifong.agents import matching
-from kaifong.agents.matching import Candidate, IncidentView, Needs, RingDecision
-from kaifong.agents.unitstore import UnitStore
+from kaifong.agents.core import matching
+from kaifong.agents.core.matching import Candidate, IncidentView, Needs, RingDecision
+from kaifong.agents.store.units import UnitStore
 from kaifong.streams import metrics
 from kaifong.streams.settings import Settings
 

@@ -1,4 +1,4 @@
-"""kaifong.agents.bench — ``kaifong bench``: how fast kaifong is, beside the limit of this machine.
+"""kaifong.agents.tools.bench — ``kaifong bench``: how fast kaifong is, beside the limit of this machine.
 
 Layer: top (it starts a broker, Redis and worker processes, and drives them). One run measures,
 on the same broker and Redis:
@@ -54,7 +54,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from kaifong.agents.clock import initial_rings
+from kaifong.agents.core.clock import initial_rings
 from kaifong.streams import security
 from kaifong.streams.admin import ensure_topics, wait_for_broker
 from kaifong.streams.city import generate
@@ -74,7 +74,7 @@ def check_loss(phase: str, sent: int, received: int) -> None:
     >>> check_loss("x", 10, 9)
     Traceback (most recent call last):
     ...
-    kaifong.agents.bench.BenchLoss: x: 1 of 10 events lost — no figure is reported from this run
+    kaifong.agents.tools.bench.BenchLoss: x: 1 of 10 events lost — no figure is reported from this run
     """
     if received < sent:
         raise BenchLoss(f"{phase}: {sent - received} of {sent} events lost — no figure is reported from this run")

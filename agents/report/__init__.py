@@ -3,7 +3,7 @@
 Layer: agents. ``kaifong report --from T1 --to T2 --out DIR`` (and the worker's daily report)
 read the incident, assignment, escalation, state and drill topics for a time range, **replay
 every incident through the same pure ring-clock functions the worker runs**
-(:mod:`kaifong.agents.clock`: ``open_incident`` → ``with_assignments`` → ``apply_update`` …
+(:mod:`kaifong.agents.core.clock`: ``open_incident`` → ``with_assignments`` → ``apply_update`` …
 ``breach``), and write ``report.html`` (self-contained: inline CSS and SVG), ``report.pdf``
 (the HTML printed by headless Debian ``chromium``), ``figures.json`` and CSV files.
 
@@ -66,8 +66,8 @@ from typing import Any
 
 import orjson
 
-from kaifong.agents import clock, drillplan
-from kaifong.agents.intake import Refused
+from kaifong.agents.core import clock, drillplan
+from kaifong.agents.core.errors import Refused
 from kaifong.schemas.validation import InvalidEvent, parse
 from kaifong.streams.city import DISTRICTS
 from kaifong.streams.settings import Ring, Settings, parse_rings
@@ -516,7 +516,7 @@ def _select(settings: Settings, inputs: Inputs, raw: dict[TopicSpec, list[Any]],
 # ============================================================================ replay
 @dataclass
 class Replayed:
-    """One incident replayed through :mod:`kaifong.agents.clock` under one ring table."""
+    """One incident replayed through :mod:`kaifong.agents.core.clock` under one ring table."""
 
     report: dict[str, Any]
     state: dict[str, Any]

@@ -1,4 +1,4 @@
-"""kaifong.agents.watchdog — the embedded broker's cliff: tail-fetch latency per partition.
+"""kaifong.agents.flows.watchdog — the embedded broker's cliff: tail-fetch latency per partition.
 
 Layer: agents. The embedded broker (Tansu, memory storage) slows down as record batches pile up
 in a partition and stops answering fetches near ~40,000 batches (DESIGN.md §6). Every
