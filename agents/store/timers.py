@@ -1,8 +1,8 @@
 """kaifong.agents.store.timers — durable timers in Redis: one sorted set per input partition.
 
-Layer: agents (Redis adapter). Deadlines are data, not sleeps: a timer is a member of
-``kf:clock:{prefix}{partition}`` scored by its due time (ms). The worker that owns a partition
-claims what is due (moved atomically to an in-flight hash), fires it, then deletes it. A worker
+Layer: agents/store. Deadlines are data, not sleeps: a timer is a member of a sorted set per
+partition (:func:`kaifong.agents.store.keys.timers_due`) scored by its due time (ms). The worker
+that owns a partition claims what is due (moved atomically to an in-flight hash), fires it, then deletes it. A worker
 that gains a partition first puts that partition's in-flight timers back — their owner died
 or gave the partition up mid-fire — so a deadline fires even across a crash, late by no more
 than the takeover took. Firing is idempotent in the handlers (state says what already fired).
@@ -15,23 +15,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-# KEYS: due zset, inflight hash. ARGV: now_ms, limit → flat list member, score, member, score…
-CLAIM_LUA = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-for i = 1, #due, 2 do
-  redis.call('ZREM', KEYS[1], due[i])
-  redis.call('HSET', KEYS[2], due[i], due[i + 1])
-end
-return due
-"""
-
-# KEYS: due zset, inflight hash → number of timers put back.
-RECLAIM_LUA = """
-local inflight = redis.call('HGETALL', KEYS[2])
-for i = 1, #inflight, 2 do redis.call('ZADD', KEYS[1], inflight[i + 1], inflight[i]) end
-redis.call('DEL', KEYS[2])
-return #inflight / 2
-"""
+from kaifong.agents.store import keys
+from kaifong.agents.store.scripts import Scripts
 
 
 def member(kind: str, incident_id: str, arg: str = "") -> str:
@@ -51,33 +36,23 @@ class RingClock:
 
     redis: aioredis.Redis
     prefix: str
-    _claim: str = ""
-    _reclaim: str = ""
+    scripts: Scripts | None = None
+
+    def __post_init__(self) -> None:
+        if self.scripts is None:
+            self.scripts = Scripts(self.redis)
 
     def due_key(self, partition: int) -> str:
         """Sorted set of pending timers of a partition."""
-        return f"kf:clock:{self.prefix}{partition}"
+        return keys.timers_due(self.prefix, partition)
 
     def inflight_key(self, partition: int) -> str:
         """Hash of timers claimed and being fired."""
-        return f"kf:clock:{self.prefix}{partition}:inflight"
+        return keys.timers_inflight(self.prefix, partition)
 
-    async def _scripts(self) -> None:
-        self._claim = await self.redis.script_load(CLAIM_LUA)
-        self._reclaim = await self.redis.script_load(RECLAIM_LUA)
-
-    async def _eval(self, which: str, keys: list[str], args: list[int]) -> object:
-        from redis.exceptions import NoScriptError
-
-        if not self._claim:
-            await self._scripts()
-        sha = self._claim if which == "claim" else self._reclaim
-        try:
-            return await self.redis.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self._scripts()
-            sha = self._claim if which == "claim" else self._reclaim
-            return await self.redis.evalsha(sha, len(keys), *keys, *args)
+    async def _eval(self, name: str, keys_: list[str], args: list[int]) -> object:
+        assert self.scripts is not None
+        return await self.scripts.run(name, keys_, args)
 
     async def schedule(self, partition: int, items: Iterable[tuple[str, int]]) -> None:
         """Add or move timers ``(member, due_ms)`` on a partition."""
@@ -96,7 +71,8 @@ class RingClock:
 
     async def claim(self, partition: int, now_ms: int, limit: int = 500) -> list[tuple[str, int]]:
         """Atomically take the due timers of a partition: ``[(member, due_ms)]``."""
-        flat = await self._eval("claim", [self.due_key(partition), self.inflight_key(partition)], [now_ms, limit])
+        flat = await self._eval("timers_claim", [self.due_key(partition), self.inflight_key(partition)],
+                                [now_ms, limit])
         assert isinstance(flat, list)
         return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
@@ -106,7 +82,7 @@ class RingClock:
 
     async def reclaim(self, partition: int) -> int:
         """Put a partition's in-flight timers back (its previous owner did not finish them)."""
-        n = await self._eval("reclaim", [self.due_key(partition), self.inflight_key(partition)], [])
+        n = await self._eval("timers_reclaim", [self.due_key(partition), self.inflight_key(partition)], [])
         return int(str(n))
 
     async def pending(self, partitions: Iterable[int]) -> int:
