@@ -40,6 +40,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
         yield s
 
 
+@pytest.fixture(scope="session")
+def valkey_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A Redis (Valkey) of its own, no broker: for the store's tests (each Lua script on the
+    real server)."""
+    from kaifong.streams.embedded import valkey
+
+    service = valkey(free_port(), tmp_path_factory.mktemp("valkey"))
+    service.start()
+    try:
+        yield service.port
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def store_redis(valkey_port: int) -> Iterator[object]:
+    """An asyncio Redis client on the store tests' Valkey, its database emptied first."""
+    import redis
+    import redis.asyncio as aioredis
+
+    redis.Redis(port=valkey_port).flushdb()
+    yield aioredis.Redis(port=valkey_port)
+
+
 @dataclass
 class WorkerProc:
     """A `kaifong worker` subprocess and the settings it runs with."""

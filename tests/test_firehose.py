@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.parser import text_string_to_metric_families
 
 from kaifong.agents.flows.firehose import merged_exposition
-from kaifong.agents.store.units import live_key
+from kaifong.agents.store.keys import unit_live as live_key
 from kaifong.agents.tools.bench import children
 
 
@@ -143,16 +143,15 @@ def _apply_poisoned(settings: Any, batch: str, script: str, events: list[dict[st
     from aiokafka.structs import ConsumerRecord, TopicPartition
 
     from kaifong.agents.flows.units import Prepared, UnitsIntake
+    from kaifong.agents.store.scripts import Scripts
     from kaifong.agents.store.units import UnitStore
 
     topic = settings.topic_prefix + f"units.{batch}.v1"
 
     async def run() -> tuple[Any, dict[tuple[str, str], int], list[tuple[str, bytes, bytes | None]]]:
         r = aioredis.Redis.from_url(settings.redis_url)
-        store = UnitStore(r, 60)
+        store = UnitStore(r, 60, Scripts(r, {f"units_{batch}": script}))
         await store.load_scripts()
-        assert store._sha is not None
-        store._sha[batch] = await r.script_load(script)
         intake = UnitsIntake(settings, r, store)
         prepared = Prepared(started=time.perf_counter())
         for offset, event in enumerate(events):
@@ -182,7 +181,10 @@ def _only_poison_dead_lettered(settings: Any, batch: str, counts: dict[tuple[str
 def _poison_case(batch: str) -> tuple[str, list[dict[str, Any]], Any]:
     """For ``batch``: the real script made to fail on unit "poison", three events (u1, poison,
     u2) and a probe of what each left in Redis (truthy: applied)."""
-    from kaifong.agents.store.units import REGISTRY_LUA, STATUS_LUA, registry_key
+    from kaifong.agents.store.keys import unit_registry as registry_key
+    from kaifong.agents.store.scripts import source
+
+    STATUS_LUA, REGISTRY_LUA = source("units_status"), source("units_registry")
 
     units = ("u1", "poison", "u2")
     if batch == "status":
@@ -230,6 +232,7 @@ def test_registry_change_reaches_the_next_decision_despite_the_cache(new_setting
     from aiokafka.structs import ConsumerRecord, TopicPartition
 
     from kaifong.agents.flows.units import Prepared, UnitsIntake
+    from kaifong.agents.store.scripts import Scripts
     from kaifong.agents.store.units import UnitStore
 
     settings = new_settings()

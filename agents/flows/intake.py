@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kaifong.agents.core.errors import Duplicate, Refused
+from kaifong.agents.store import keys
 from kaifong.schemas.validation import InvalidEvent, parse
 from kaifong.streams import metrics
 from kaifong.streams.codec import Headers, dead_letter
@@ -83,7 +84,7 @@ def dedupe_key(event_type: str, data: dict[str, Any]) -> str:
     event_id = data.get("event_id")
     if not event_id:
         event_id = "h:" + hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
-    return f"kf:seen:{event_type}:{event_id}"
+    return keys.seen(event_type, event_id)
 
 
 async def retry_infra(op: str, fn: Callable[[], Awaitable[Any]]) -> Any:

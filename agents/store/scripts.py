@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -33,31 +33,43 @@ def source(name: str) -> str:
     return "".join(parts) + _INCLUDE.sub("", text)
 
 
-def sha1(name: str) -> str:
-    """The SHA1 Redis knows script ``name`` by."""
-    return hashlib.sha1(source(name).encode(), usedforsecurity=False).hexdigest()
-
-
 class Scripts:
-    """Runs the named scripts on one Redis connection (pool)."""
+    """Runs the named scripts on one Redis connection (pool).
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    ``sources`` replaces the text of some scripts (a test's variant of one, say); every other
+    name is read from the package.
+    """
+
+    def __init__(self, redis: aioredis.Redis, sources: Mapping[str, str] | None = None) -> None:
         self.redis = redis
+        self._sources = dict(sources or {})
+        self._sha: dict[str, str] = {}
+
+    def text(self, name: str) -> str:
+        """The text script ``name`` runs as."""
+        return self._sources.get(name) or source(name)
+
+    def sha(self, name: str) -> str:
+        """The SHA1 Redis knows script ``name`` by."""
+        sha = self._sha.get(name)
+        if sha is None:
+            sha = self._sha[name] = hashlib.sha1(self.text(name).encode(), usedforsecurity=False).hexdigest()
+        return sha
 
     async def run(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """``EVALSHA`` script ``name``; on ``NOSCRIPT`` load it and run it again (once)."""
         try:
-            return await self.redis.evalsha(sha1(name), len(keys), *keys, *args)  # type: ignore[misc]
-        except NoScriptError:
-            await self.redis.script_load(source(name))  # type: ignore[misc]
-            return await self.redis.evalsha(sha1(name), len(keys), *keys, *args)  # type: ignore[misc]
+            return await self.redis.evalsha(self.sha(name), len(keys), *keys, *args)  # type: ignore[misc]
+        except NoScriptError:  # Redis restarted (or failed over) and lost its script cache
+            await self.redis.script_load(self.text(name))  # type: ignore[misc]
+            return await self.redis.evalsha(self.sha(name), len(keys), *keys, *args)  # type: ignore[misc]
 
     def queue(self, pipe: Any, name: str, keys: Sequence[Any], args: Sequence[Any]) -> None:
         """Queue script ``name`` on a pipeline (call :meth:`preload` first: a pipeline cannot
         recover from ``NOSCRIPT`` one command at a time)."""
-        pipe.evalsha(sha1(name), len(keys), *keys, *args)
+        pipe.evalsha(self.sha(name), len(keys), *keys, *args)
 
     async def preload(self, *names: str) -> None:
         """Load scripts ahead (before pipelining them)."""
         for name in names:
-            await self.redis.script_load(source(name))  # type: ignore[misc]
+            await self.redis.script_load(self.text(name))  # type: ignore[misc]
