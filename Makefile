@@ -30,6 +30,7 @@ typecheck: install
 	for d in schemas streams agents; do ln -sfn ../../$$d .mypy-tree/kaifong/$$d; done
 	cd .mypy-tree && ../$(BIN)/mypy --config-file ../pyproject.toml --namespace-packages \
 		--explicit-package-bases -p kaifong.schemas -p kaifong.streams -p kaifong.agents
+	cd .mypy-tree && PYTHONPATH=. ../$(BIN)/lint-imports --no-cache ../pyproject.toml
 
 pytest: install
 	$(BIN)/pytest

@@ -1,6 +1,6 @@
 """kaifong.agents.core.clock — the ring clocks as pure functions: open, assign, arrive, breach, escalate.
 
-Layer: agents (pure: no I/O, the clock is passed in as ``now``). The worker and the
+Layer: agents/core (pure: no I/O, the clock is passed in as ``now``). The worker and the
 after-action report both call these, so there is one implementation of the rules:
 
 - every ring's deadline runs from the incident's ``reported_at`` (event time);

@@ -1,6 +1,6 @@
 """kaifong.agents.core.matching — choose units for each response ring: pure functions, clock injected.
 
-Layer: agents (pure: no I/O). It imports :mod:`kaifong.streams.settings` (for :class:`Ring`) and
+Layer: agents/core (pure: no I/O). It imports :mod:`kaifong.streams.settings` (for :class:`Ring`) and
 the standard library only. Nothing here reads the clock: every ETA is a duration from the
 moment of the decision, and the caller, which holds the injected clock, stamps ``decided_at``
 on the assignment it publishes. The same input therefore always yields the same decision,

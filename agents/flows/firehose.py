@@ -1,6 +1,6 @@
 """kaifong.agents.flows.firehose — the unit firehose in a process of its own, supervised by the worker.
 
-Layer: agents. The unit-status firehose (:mod:`kaifong.agents.flows.units`) is CPU-bound Python —
+Layer: agents/flows. The unit-status firehose (:mod:`kaifong.agents.flows.units`) is CPU-bound Python —
 decode, validate, pack — at thousands of events a second. In the worker's process it shares
 one GIL and one event loop with the incident flow, and every Redis round trip of a report
 waits behind a slice of firehose work: measured on 2 cores with 10,000 status events/s, the

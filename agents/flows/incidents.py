@@ -47,6 +47,31 @@ from kaifong.streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def _exercise(state: dict[str, Any]) -> str:
+    return "true" if state["exercise"] else "false"
+
+
+def count(settings: Settings, change: core.Change) -> None:
+    """The metrics of a stored change, from the facts it carries."""
+    state = change.doc["state"]
+    exercise, district = _exercise(state), metrics.district_label(settings, state.get("district"))
+    for body in change.assignments:
+        metrics.ASSIGNMENTS.labels(str(body["ring"]), outcome_of(body), exercise).inc()
+    for e in change.escalations:
+        metrics.ESCALATIONS.labels(e["level"], e["reason"], "true" if e["exercise"] else "false").inc()
+        if e["reason"] == "ring_deadline_missed" and not e["exercise"]:
+            metrics.ESCALATION_LATENESS.observe(max(0.0, e["breached_by_s"]))
+    for ch in change.ring_changes:
+        if ch.seconds is not None:
+            metrics.RESPONSE.labels(str(ch.ring), district, exercise).observe(ch.seconds)
+        if ch.outcome in ("met", "breached"):
+            metrics.RING_OUTCOMES.labels(str(ch.ring), district, ch.outcome, exercise).inc()
+    if change.acknowledged is not None:
+        metrics.ESCALATION_ACK.labels(change.acknowledged[0]).observe(change.acknowledged[1])
+    if change.renotified is not None:
+        metrics.RENOTIFICATIONS.labels(change.renotified["level"]).inc()
+
+
 @dataclass
 class Incidents:
     """Handlers for reports, updates and timers of incidents."""
@@ -137,7 +162,7 @@ class Incidents:
         failed, records = await self._apply(change)
         assert not failed
         await self._send(change.doc["state"]["incident_id"], records)
-        self._count(change)
+        count(self.settings, change)
 
     async def _decide(self, view: IncidentView, p: Plan, candidates: list[Candidate], exclude: frozenset[str],
                       build: Callable[[list[RingDecision]], core.Change]) -> tuple[core.Change, list[Record]]:
@@ -165,30 +190,6 @@ class Incidents:
             return int(msg.partition)
         return int(doc["partition"]) if doc else 0
 
-    @staticmethod
-    def _exercise(state: dict[str, Any]) -> str:
-        return "true" if state["exercise"] else "false"
-
-    def _count(self, change: core.Change) -> None:
-        """The metrics of a stored change, from the facts it carries."""
-        state = change.doc["state"]
-        exercise, district = self._exercise(state), metrics.district_label(self.settings, state.get("district"))
-        for body in change.assignments:
-            metrics.ASSIGNMENTS.labels(str(body["ring"]), outcome_of(body), exercise).inc()
-        for e in change.escalations:
-            metrics.ESCALATIONS.labels(e["level"], e["reason"], "true" if e["exercise"] else "false").inc()
-            if e["reason"] == "ring_deadline_missed" and not e["exercise"]:
-                metrics.ESCALATION_LATENESS.observe(max(0.0, e["breached_by_s"]))
-        for ch in change.ring_changes:
-            if ch.seconds is not None:
-                metrics.RESPONSE.labels(str(ch.ring), district, exercise).observe(ch.seconds)
-            if ch.outcome in ("met", "breached"):
-                metrics.RING_OUTCOMES.labels(str(ch.ring), district, ch.outcome, exercise).inc()
-        if change.acknowledged is not None:
-            metrics.ESCALATION_ACK.labels(change.acknowledged[0]).observe(change.acknowledged[1])
-        if change.renotified is not None:
-            metrics.RENOTIFICATIONS.labels(change.renotified["level"]).inc()
-
     # -- reports -----------------------------------------------------------------------------
     async def on_reported(self, report: dict[str, Any]) -> None:
         """Open the incident once, dispatch its first rings, start its clocks, publish."""
@@ -205,7 +206,7 @@ class Incidents:
             metrics.DECISION.observe(acked_at - t0)
             age = (self.clock() - clock.parse_time(fresh["state"]["reported_at"])).total_seconds()
             if age >= 0:
-                metrics.REPORTED_TO_ASSIGNMENT.labels(self._exercise(fresh["state"])).observe(age)
+                metrics.REPORTED_TO_ASSIGNMENT.labels(_exercise(fresh["state"])).observe(age)
         if early:
             await self.apply_early(incident_id)
 
@@ -250,7 +251,7 @@ class Incidents:
         acked_at = time.perf_counter()
         if self.on_dispatched is not None:
             await self.on_dispatched(change.dispatched)
-        self._count(change)
+        count(self.settings, change)
         return change.doc, opened.early, stored_at, acked_at
 
     # -- updates -----------------------------------------------------------------------------
@@ -346,6 +347,6 @@ class Incidents:
             b.view, p, candidates, b.exclude,
             lambda decisions: core.breached(doc, b, decisions, now, self.settings.escalation_renotify_s))
         await self._send(b.state["incident_id"], records)
-        self._count(change)
+        count(self.settings, change)
         if self.on_dispatched is not None:
             await self.on_dispatched(change.dispatched)

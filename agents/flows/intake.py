@@ -1,6 +1,6 @@
 """kaifong.agents.flows.intake — validation, duplicate detection and dead-lettering for every input.
 
-Layer: agents. ``Pipeline.process`` is the one way an input message enters kaifong: parse and
+Layer: agents/flows. ``Pipeline.process`` is the one way an input message enters kaifong: parse and
 validate (compiled schema), drop duplicates by ``event_id``, run the handler, and send anything
 refused to the dead-letter topic with its stage and reason. Infrastructure errors (Redis down)
 are retried in place — the message is not acknowledged meanwhile — so nothing valid is lost;

@@ -1,6 +1,6 @@
 """kaifong.agents.flows.units — the unit firehose: registry and live status, in batches.
 
-Layer: agents. Unit status is the high-volume input (23,000 units every 10 s is ~2,300/s;
+Layer: agents/flows. Unit status is the high-volume input (23,000 units every 10 s is ~2,300/s;
 290,000 responders every 30 s ~9,700/s), so it bypasses Faust's per-event stream machinery
 (~200 µs an event): a plain aiokafka consumer takes a batch, validates it with the compiled
 schema, applies it to Redis in one pipeline of Lua calls (dedupe + sequence check + state +

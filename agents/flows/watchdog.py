@@ -1,6 +1,6 @@
 """kaifong.agents.flows.watchdog — the embedded broker's cliff: tail-fetch latency per partition.
 
-Layer: agents. The embedded broker (Tansu, memory storage) slows down as record batches pile up
+Layer: agents/flows. The embedded broker (Tansu, memory storage) slows down as record batches pile up
 in a partition and stops answering fetches near ~40,000 batches (DESIGN.md §6). Every
 ``interval`` the watchdog fetches the newest record of every partition of the catalogue with
 its own consumer (no group) and exports the time it took; past ``warn_s`` it logs an ERROR
