@@ -232,7 +232,6 @@ def test_registry_change_reaches_the_next_decision_despite_the_cache(new_setting
     from aiokafka.structs import ConsumerRecord, TopicPartition
 
     from kaifong.agents.flows.units import Prepared, UnitsIntake
-    from kaifong.agents.store.scripts import Scripts
     from kaifong.agents.store.units import UnitStore
 
     settings = new_settings()
