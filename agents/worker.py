@@ -22,11 +22,14 @@ from kaifong.agents.flows.dispatch import Dispatcher
 from kaifong.agents.flows.drills import Drills
 from kaifong.agents.flows.firehose import Supervisor
 from kaifong.agents.flows.incidents import Incidents
-from kaifong.agents.flows.intake import INFRA_ERRORS, Pipeline
+from kaifong.agents.flows.intake import Pipeline
+from kaifong.agents.flows.timers import TimerLoop
 from kaifong.agents.flows.units import UnitsIntake
 from kaifong.agents.store.timers import RingClock
 from kaifong.agents.store.units import UnitStore
+from kaifong.agents.store.views import Views
 from kaifong.agents.web import server as web
+from kaifong.agents.web.services import WebServices
 from kaifong.streams import metrics
 from kaifong.streams.app import KaifongApp, create_app
 from kaifong.streams.codec import Headers
@@ -62,6 +65,11 @@ class Worker:
         self.timers = RingClock(self.redis, settings.topic_prefix)
         self.incidents = Incidents(settings, self.redis, self.send_all, _now, self.store, self.dispatcher,
                                    self.timers)
+        # Ring timers: a partition's claimed timers fire at once (each incident holds its own lock);
+        # one that meets Redis down goes back on its due time; a tick that fails otherwise ends it.
+        self.ring_clock = TimerLoop("ring clock", self.timers, self.owned_partitions, _now, self.incidents.fire,
+                                    settings.clock_tick_s, redis_label="clock", error_label="ring_clock",
+                                    concurrent=True, reschedule=True)
         self.drills = Drills(settings, self.redis, self.send_all, _now, self.owned_partitions, self.is_ready)
         self.incidents.on_dispatched = self.drills.abort_for_units
         self.units = UnitsIntake(settings, self.redis, self.store, _now)
@@ -159,10 +167,15 @@ class Worker:
 
         app.on_rebalance_complete.connect(on_assigned)  # type: ignore[arg-type]
 
-        web.register(app, self)
+        # Broker data loss: detect, report, recreate topics; /ready then also needs the broker.
+        ready = brokerwatch.register(app, self.settings, self.is_ready)
+        web.register(app, WebServices(
+            settings=self.settings, views=Views(self.redis, self.settings.topic_prefix), send_all=self.send_all,
+            drills=self.drills, is_ready=ready, started_monotonic=self.started_monotonic,
+            ready_after_s=lambda: self.ready_after_s,
+            child_metrics=self.firehose.child_metrics if self.firehose is not None else None))
         if self.settings.watchdog_interval_s > 0:
             watchdog.register(app, self.settings)
-        brokerwatch.register(app, self)  # broker data loss: detect, report, recreate topics
 
     async def registry_cache_loop(self) -> None:
         """Keep every unit's registry entry in the cache, so decisions take no registry round
@@ -198,39 +211,7 @@ class Worker:
 
     async def clock_loop(self) -> None:
         """Fire due timers of owned partitions every tick; adopt in-flight timers on takeover."""
-        owned_before: set[int] = set()
-        tick = self.settings.clock_tick_s
-        while True:
-            await asyncio.sleep(tick)
-            owned = self.owned_partitions()
-            try:
-                for p in sorted(owned - owned_before):
-                    adopted = await self.timers.reclaim(p)
-                    if adopted:
-                        log.warning("partition %d: %d timers were in flight with its previous owner; "
-                                    "firing them now", p, adopted)
-                owned_before = owned
-                now_ms = int(self.clock().timestamp() * 1000)
-                for p in sorted(owned):
-                    claimed = await self.timers.claim(p, now_ms)
-                    if claimed:
-                        # Different incidents fire concurrently (each holds its own lock).
-                        await asyncio.gather(*(self._fire(p, m, due) for m, due in claimed))
-            except INFRA_ERRORS as exc:
-                metrics.REDIS_ERRORS.labels("clock").inc()
-                log.warning("ring clock: redis unavailable (%s); retrying", type(exc).__name__)
-                owned_before = set()  # re-adopt in-flight timers once Redis is back
-
-    async def _fire(self, partition: int, timer: str, due_ms: int) -> None:
-        try:
-            await self.incidents.fire(partition, timer, due_ms)
-        except INFRA_ERRORS:
-            await self.timers.schedule(partition, [(timer, due_ms)])  # try again next tick
-            return
-        except Exception:
-            metrics.INTERNAL_ERRORS.labels("ring_clock").inc()
-            log.exception("ring clock: timer %s failed", timer.split("|", maxsplit=1)[0])
-        await self.timers.done(partition, timer)
+        await self.ring_clock.run()
 
     async def sample_lag(self) -> None:
         """Consumer lag of every input partition this worker owns (Faust's and the firehose's)."""
@@ -250,14 +231,12 @@ class Worker:
     async def sample_gauges(self) -> None:
         """Refresh gauges computed from Redis (shared state: every worker reports the same
         city-wide value for the shared ones; dashboards take max, not sum)."""
-        prefix = self.settings.topic_prefix
-        for exercise in ("real", "exercise"):
-            n = await self.redis.scard(f"kf:inc:open:{prefix}{exercise}")  # type: ignore[misc]
-            metrics.INCIDENTS_OPEN.labels("true" if exercise == "exercise" else "false").set(n)
+        opened, open_levels = await self.incidents.incidents.open_counts()
+        for exercise, n in opened.items():
+            metrics.INCIDENTS_OPEN.labels("true" if exercise else "false").set(n)
         levels: dict[str, int] = dict.fromkeys(("grid", "street", "district", "city"), 0)
-        raw_levels: list[bytes] = await self.redis.hvals(f"kf:esc:open:{prefix}")  # type: ignore[misc,assignment]
-        for raw in raw_levels:
-            levels[raw.decode()] = levels.get(raw.decode(), 0) + 1
+        for level in open_levels:
+            levels[level] = levels.get(level, 0) + 1
         for name, n in levels.items():
             metrics.ESCALATIONS_OPEN.labels(name).set(n)
         metrics.CLOCKS_PENDING.set(await self.timers.pending(self.owned_partitions()))

@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer, KafkaProducer
 
-from kaifong.agents.web.api import Api
+from kaifong.agents.web.ingest import Ingest
 from kaifong.schemas.validation import InvalidEvent, load_schema, parse
 from kaifong.streams.settings import Settings
 
@@ -490,7 +490,7 @@ def test_boundaries_explicitly() -> None:
 
 # -- pure fuzz: HTTP ingest, in process --------------------------------------------------------------------------
 class FakeWorker:
-    """What ``Api.ingest`` needs of a worker: settings and a producer that records."""
+    """What ``Ingest`` needs of a worker: settings and a producer that records."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -554,7 +554,7 @@ def http_requests(draw: Any) -> tuple[str, bytes, int | None]:
     return event_type, body, declared
 
 
-async def post(api: Api, event_type: str, body: bytes, declared: int | None) -> tuple[int, Any]:
+async def post(api: Ingest, event_type: str, body: bytes, declared: int | None) -> tuple[int, Any]:
     loop = asyncio.get_running_loop()
     payload = streams.StreamReader(mock.Mock(_reading_paused=False), 2**16, loop=loop)
     payload.feed_data(body)
@@ -573,7 +573,7 @@ def test_fuzz_http_ingest() -> None:
     """2,000 hostile requests to ``POST /api/events/{type}`` (in process): every answer is 202, 400
     or 413 as the contract says, with a JSON body, never an exception (a 500)."""
     worker = FakeWorker(Settings(max_event_bytes=HTTP_MAX_EVENT, topic_prefix="fz."))
-    api = Api(worker)  # type: ignore[arg-type]
+    api = Ingest(worker.settings, worker.send_all)
     loop = asyncio.new_event_loop()
     statuses: Counter[int] = Counter()
 

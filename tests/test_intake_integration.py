@@ -13,7 +13,7 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 
-from kaifong.agents.flows.drills import drill_key
+from kaifong.agents.store.keys import drill as drill_key
 
 pytestmark = pytest.mark.integration
 

@@ -28,9 +28,12 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from kaifong.agents import report
+from kaifong.agents.core import clock
 from kaifong.agents.report import CITY_TZ, Inputs, Window
+from kaifong.agents.store import keys
 from kaifong.streams.city import generate
 from kaifong.streams.settings import Settings, parse_rings
+from kaifong.streams.topics import DRILLS_ISSUED, INCIDENTS_REPORTED, INCIDENTS_UPDATES, UNITS_REGISTRY
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 REAL = parse_rings("self_rescue:60,mutual_aid:180,grid:300,street:600,professional:1200")
@@ -64,7 +67,7 @@ def synthetic_day(n: int = 90, seed: int = 5) -> tuple[Inputs, set[tuple[str, in
             "event_id": f"{incident_id}-r", "incident_id": incident_id, "category": rng.choice(("fire", "medical")),
             "severity": severity, "reported_at": t0.isoformat(), "location": dict(anchor["home"]),
             "district": anchor["district"], "grid": anchor["grid"], "source": "call_110", "exercise": exercise})
-        rings = report.clock.initial_rings(severity, [1, 2, 3, 4, 5])
+        rings = clock.initial_rings(severity, [1, 2, 3, 4, 5])
         kinds = {1: "post", 2: "unit", 3: "grid_team", 4: "street_force", 5: "professional"}
         units = {r: rng.choice(by_kind[kinds[r]])["unit_id"] for r in rings}
         for r in rings:
@@ -106,7 +109,7 @@ def synthetic_day(n: int = 90, seed: int = 5) -> tuple[Inputs, set[tuple[str, in
                 esc_id = f"{incident_id}:r{r}:ring_deadline_missed:0"
                 inputs.escalations.append({
                     "escalation_id": esc_id, "incident_id": incident_id, "ring": r,
-                    "level": report.clock.LEVELS[min(r - 1, 3)], "reason": "ring_deadline_missed",
+                    "level": clock.LEVELS[min(r - 1, 3)], "reason": "ring_deadline_missed",
                     "deadline_at": _at(t0, target), "raised_at": _at(t0, target + 0.1), "breached_by_s": 0.1,
                     "attempt": 0, "exercise": exercise, "notification": 0, "district": anchor["district"]})
                 if r % 2:
@@ -535,12 +538,12 @@ def test_report_equals_the_worker_counters_for_an_accelerated_day(new_settings, 
     path = asyncio.run(report.daily_report_once(settings, day, out_root=tmp_path / "daily", pdf=False))
     assert path is not None and (path / "report.html").exists()
     r = redis.Redis.from_url(settings.redis_url)
-    assert r.hget(report.REPORTS_KEY, day.isoformat()) == str(path.resolve()).encode()
+    assert r.hget(keys.REPORTS, day.isoformat()) == str(path.resolve()).encode()
     assert asyncio.run(report.daily_report_once(settings, day, out_root=tmp_path / "daily", pdf=False)) is None
 
 
 class _Raw:
-    """A consumed record as :func:`report._select` sees it."""
+    """A consumed record as :func:`report.select_inputs` sees it."""
 
     def __init__(self, value: Any, key: str | None = None, offset: int = 0) -> None:
         self.value = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
@@ -558,7 +561,7 @@ def test_selection_validates_dedupes_and_filters_like_the_worker() -> None:
                 "source": "call_110", "exercise": False, **extra}
 
     raw = {
-        report.INCIDENTS_REPORTED: [
+        INCIDENTS_REPORTED: [
             _Raw(b"not json"),
             _Raw(rep("i1", "r1", t0, severity=9)),  # invalid (out of range): the worker dead-letters it
             _Raw(rep("i1", "r2", t0)),  # the first valid report of i1 wins …
@@ -566,7 +569,7 @@ def test_selection_validates_dedupes_and_filters_like_the_worker() -> None:
             _Raw(rep("i2", "r4", t0 - timedelta(days=1))),  # reported the day before
             _Raw(rep("i3", "r5", t0, district="越秀区")),  # another district
         ],
-        report.INCIDENTS_UPDATES: [
+        INCIDENTS_UPDATES: [
             _Raw({"event_id": "u1", "incident_id": "i1", "kind": "acknowledged", "at": (t0 + timedelta(seconds=5))
                   .isoformat()}),
             _Raw({"event_id": "u1", "incident_id": "i1", "kind": "acknowledged", "at": (t0 + timedelta(seconds=5))
@@ -575,17 +578,17 @@ def test_selection_validates_dedupes_and_filters_like_the_worker() -> None:
                   .isoformat()}),  # after the read horizon
             _Raw({"event_id": "u3", "incident_id": "i2", "kind": "resolved", "at": t0.isoformat()}),
         ],
-        report.UNITS_REGISTRY: [
+        UNITS_REGISTRY: [
             _Raw({"unit_id": "a", "district": "天河区"}, "a"), _Raw({"unit_id": "b", "district": "越秀区"}, "b"),
             _Raw({"unit_id": "c", "district": "天河区"}, "c"), _Raw(None, "c"),  # tombstone: unit c removed
         ],
-        report.DRILLS_ISSUED: [
+        DRILLS_ISSUED: [
             _Raw({"drill_id": "d1", "unit_id": "a", "channel": "radio", "issued_at": t0.isoformat()}),
             _Raw({"drill_id": "d2", "unit_id": "b", "channel": "radio", "issued_at": t0.isoformat()}),
         ],
     }
     inputs = Inputs(window)
-    report._select(Settings(), inputs, raw, window.end + timedelta(hours=1))
+    report.select_inputs(Settings(), inputs, raw, window.end + timedelta(hours=1))
     assert [(r["incident_id"], r["event_id"]) for r in inputs.reports] == [("i1", "r2")]
     assert [u["event_id"] for u in inputs.updates] == ["u1"]
     assert inputs.invalid == 2

@@ -12,10 +12,10 @@ from importlib import resources
 from typing import Any
 
 import orjson
-import pytest
 import redis.asyncio as aioredis
 
 from kaifong.agents.core import incident as core
+from kaifong.agents.core import units
 from kaifong.agents.store import keys
 from kaifong.agents.store.incidents import IncidentStore, pack, unpack
 from kaifong.agents.store.scripts import Scripts, source
@@ -132,7 +132,6 @@ def test_candidates_release_and_sweep(store_redis: Any) -> None:
 
 def test_the_dispatchable_rule_is_the_same_in_lua_and_python(store_redis: Any) -> None:
     """lua/lib/dispatchable.lua's geo_set_of and core.units.geo_pool, over every combination."""
-    units = pytest.importorskip("kaifong.agents.core.units")  # the web room's pure rule
     lua = source("units_status").split("local now = ARGV[1]")[0]  # the library, no body
     probe = lua + "\nreturn geo_set_of(ARGV[1] ~= '' and ARGV[1] or nil, ARGV[2], ARGV[3] ~= '' and ARGV[3] or nil," \
                   " ARGV[4] ~= '' and ARGV[4] or nil, ARGV[5] ~= '' and ARGV[5] or nil, ARGV[6])"

@@ -1,6 +1,6 @@
 """kaifong.agents.flows.brokerwatch — notice that the broker lost data, say so loudly, and carry on.
 
-Layer: agents. The embedded broker (Tansu, memory storage) keeps every record, topic and
+Layer: agents/flows. The embedded broker (Tansu, memory storage) keeps every record, topic and
 committed offset in memory: when it restarts, the topics come back empty (or not at all), and a
 worker that kept running would otherwise go on as if nothing happened. A real Kafka can lose
 data too (a topic deleted and recreated, an unclean leader election).
@@ -23,7 +23,8 @@ replayed event is still a duplicate.
 While the broker does not answer, the worker reports not ready (``/ready`` 503): readiness means
 "consumes its inputs", which it cannot do without a broker.
 
-Wiring: ``brokerwatch.register(self.app, self)`` in ``Worker._register``.
+Wiring: ``brokerwatch.register(app, settings, is_ready)`` in ``Worker._register``; it returns the
+readiness the web port reports.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -41,9 +42,6 @@ from aiokafka.structs import TopicPartition
 from kaifong.streams import metrics, security
 from kaifong.streams.settings import Settings
 from kaifong.streams.topics import CATALOGUE
-
-if TYPE_CHECKING:
-    from kaifong.agents.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -240,18 +238,18 @@ def forget_positions(app: Any, partitions: set[TopicPartition]) -> None:
             log.warning("broker watch: could not rewind %s[%d]", tp.topic, tp.partition)
 
 
-def register(app: Any, worker: Worker) -> BrokerWatch:
-    """Start the watch with the worker's app; readiness also needs a reachable broker."""
+def register(app: Any, settings: Settings, is_ready: Callable[[], bool]) -> Callable[[], bool]:
+    """Start the watch with ``app``; return ``is_ready`` that also needs a reachable broker."""
     from kaifong.streams.admin import ensure_topics
 
-    watch = BrokerWatch(worker.settings, on_loss=lambda parts: forget_positions(app, parts),
-                        ensure_topics=ensure_topics)
+    watch = BrokerWatch(settings, on_loss=lambda parts: forget_positions(app, parts), ensure_topics=ensure_topics)
 
     @app.task
     async def broker_watch() -> None:
         await watch.run()
 
-    base_ready = worker.is_ready
-    # /ready is truthful: a worker that cannot reach its broker consumes nothing.
-    setattr(worker, "is_ready", lambda: base_ready() and watch.broker_ok)  # noqa: B010
-    return watch
+    def ready() -> bool:
+        # /ready is truthful: a worker that cannot reach its broker consumes nothing.
+        return is_ready() and watch.broker_ok
+
+    return ready

@@ -158,3 +158,8 @@ def drills_open(prefix: str, partition: int) -> str:
 # -- reports -----------------------------------------------------------------------------------
 #: Hash local date → directory of the after-action report made for that day.
 REPORTS = "kf:reports"
+
+
+def report_claim(day: str) -> str:
+    """A worker's claim on making local ``day``'s report (expires, so a dead maker hands it on)."""
+    return f"kf:reports:claim:{day}"

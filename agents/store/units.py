@@ -45,13 +45,6 @@ GEO_LAT_MAX = 85.05112878
 #: Every script of the unit model (``lua/units_*.lua``).
 SCRIPT_NAMES = ("units_status", "units_candidates", "units_registry", "units_release", "units_sweep")
 
-# Kept for the callers that spell them so; the names live in kaifong.agents.store.keys.
-live_key = keys.unit_live
-registry_key = keys.unit_registry
-geo_key = keys.geo
-ALL_UNITS_KEY = keys.ALL_UNITS
-
-
 @dataclass
 class UnitStore:
     """The unit model in Redis, script by script."""

@@ -1,7 +1,7 @@
 """kaifong.agents.tools.bench — ``kaifong bench``: how fast kaifong is, beside the limit of this machine.
 
-Layer: top (it starts a broker, Redis and worker processes, and drives them). One run measures,
-on the same broker and Redis:
+Layer: agents/tools (it starts a broker, Redis and worker processes, and drives them). One run
+measures, on the same broker and Redis:
 
 1. the same-run baseline: a plain aiokafka consume → produce pass-through of the status events;
 2. kaifong's sustained unit-status throughput through its real path (validate, dedupe, state,
@@ -26,574 +26,89 @@ latency phase must measure kaifong beside the floor of the broker it runs on, no
 phase's leftovers.
 
 Every phase checks that nothing was lost; a run that lost events reports no figure and exits 1.
+
+This module holds the run's plan (:class:`Bench`) and the CLI entry; the stack lifecycle is in
+bench_stack, the load in bench_load, the measured phases in bench_phases, the figures, table and
+JSON in bench_report.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
-import math
-import multiprocessing
 import os
-import random
-import re
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
-
-from kaifong.agents.core.clock import initial_rings
-from kaifong.streams import security
-from kaifong.streams.admin import ensure_topics, wait_for_broker
+from kaifong.agents.tools import bench_phases as phases
+from kaifong.agents.tools.bench_load import produce_all, status_events
+from kaifong.agents.tools.bench_report import BenchLoss, check_loss, publish, table, unverified, verdicts
+from kaifong.agents.tools.bench_stack import Rig, children
+from kaifong.streams.admin import wait_for_broker
 from kaifong.streams.city import generate
 from kaifong.streams.embedded import EmbeddedStack, free_port
 from kaifong.streams.settings import Settings
-from kaifong.streams.topics import TopicSpec
+
+# The CLI's entry, and what tests import from here (the loss check, the report, the firehose's child).
+__all__ = ["Bench", "BenchLoss", "check_loss", "children", "main", "table", "verdicts"]
 
 
-class BenchLoss(RuntimeError):
-    """Events went missing in a phase: its figures must not be reported."""
-
-
-def check_loss(phase: str, sent: int, received: int) -> None:
-    """Raise :class:`BenchLoss` unless every event sent was received.
-
-    >>> check_loss("x", 10, 10)
-    >>> check_loss("x", 10, 9)
-    Traceback (most recent call last):
-    ...
-    kaifong.agents.tools.bench.BenchLoss: x: 1 of 10 events lost — no figure is reported from this run
-    """
-    if received < sent:
-        raise BenchLoss(f"{phase}: {sent - received} of {sent} events lost — no figure is reported from this run")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of ``values`` by nearest rank."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
-    """Prometheus-style quantile from cumulative ``(upper_bound, count)`` buckets."""
-    if not buckets or buckets[-1][1] == 0:
-        return math.nan
-    total = buckets[-1][1]
-    rank = q * total
-    prev_bound, prev_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if math.isinf(bound):
-                return prev_bound
-            return prev_bound + (bound - prev_bound) * ((rank - prev_count) / max(count - prev_count, 1e-9))
-        prev_bound, prev_count = bound, count
-    return prev_bound
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    """Child processes of ``pid`` (a worker's firehose process)."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident set size (VmHWM) of a process in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
-
-
-@dataclass
-class WorkerHandle:
-    """A `kaifong worker` subprocess started by the bench."""
-
-    settings: Settings
-    proc: subprocess.Popen[bytes]
-
-    def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/metrics", timeout=5) as r:
-            text: str = r.read().decode()
-            return text
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of ``name`` matching ``labels``."""
-        total = 0.0
-        for line in self.metrics_text().splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def buckets(self, name: str) -> list[tuple[float, float]]:
-        """Cumulative buckets of a histogram (label-less, or summed over labels)."""
-        acc: dict[float, float] = {}
-        for line in self.metrics_text().splitlines():
-            if line.startswith(name + "_bucket{"):
-                le = re.search(r'le="([^"]+)"', line)
-                if le:
-                    bound = math.inf if le.group(1) == "+Inf" else float(le.group(1))
-                    acc[bound] = acc.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
-        return sorted(acc.items())
-
-    def wait_ready(self, timeout: float = 90) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return time.monotonic() - started
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("worker not ready")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-@dataclass
 class Bench:
-    """One bench run: its settings, processes and results."""
+    """One bench run: its plan (sizes, rates, which phases), the rig it drives and its results."""
 
-    settings: Settings
-    workdir: Path
-    events: int = 200_000
-    incident_rate: float = 100.0
-    duration_s: float = 20.0
-    units: int = 23_000
-    open_incidents: int = 10_000
-    only: str = ""  # "dispatch": the dispatch phases alone (`kaifong bench dispatch`)
-    drop_every: int = 0  # test hook: make the baseline lose events (the loss check must catch it)
-    results: dict[str, Any] = field(default_factory=dict)
-    log: Callable[[str], None] = print
-    stack: EmbeddedStack | None = None
-    worker: WorkerHandle | None = None
-
-    # -- plumbing -----------------------------------------------------------------------------
-    def topic(self, suffix: str) -> str:
-        return self.settings.topic_prefix + suffix
-
-    def start_worker(self) -> WorkerHandle:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KAIFONG_")}
-        env.update(self.settings.to_env())
-        env["KAIFONG_DATA_DIR"] = str(self.workdir / "worker")
-        env["KAIFONG_LOG_LEVEL"] = "warning"
-        log = (self.workdir / "worker.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", "kaifong.agents.cli", "worker", "--no-ensure-topics"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.worker = WorkerHandle(self.settings, proc)
-        self.worker.wait_ready()
-        return self.worker
-
-    async def producer(self, linger_ms: int = 50) -> AIOKafkaProducer:
-        p = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, linger_ms=linger_ms,
-                             max_batch_size=1 << 20, acks=1, max_request_size=4 << 20,
-                             **security.aiokafka_kwargs(self.settings))
-        await p.start()
-        return p
+    def __init__(self, settings: Settings, workdir: Path, *, events: int = 200_000, incident_rate: float = 100.0,
+                 duration_s: float = 20.0, units: int = 23_000, open_incidents: int = 10_000, only: str = "",
+                 drop_every: int = 0, log: Callable[[str], None] = print,
+                 stack: EmbeddedStack | None = None) -> None:
+        self.rig = Rig(settings, workdir, stack=stack, log=log)
+        self.events = events
+        self.incident_rate = incident_rate
+        self.duration_s = duration_s
+        self.units = units
+        self.open_incidents = open_incidents
+        self.only = only  # "dispatch": the dispatch phases alone (`kaifong bench dispatch`)
+        self.drop_every = drop_every  # test hook: make the baseline lose events (the loss check must catch it)
+        self.log = log
+        self.results: dict[str, Any] = {}
 
     def status_events(self, units: list[dict[str, Any]], n: int, seq0: int) -> list[tuple[bytes, bytes]]:
-        now = datetime.now(UTC).isoformat()
-        picked = [units[i % len(units)] for i in range(n)]
-        return [(u["unit_id"].encode(), status_event(u["unit_id"], u["home"], f"s{seq0}-{i}", seq0 + i, now))
-                for i, u in enumerate(picked)]
+        return status_events(units, n, seq0)
 
-    async def produce_all(self, topic: str, records: list[tuple[bytes, bytes]]) -> float:
-        p = await self.producer()
-        started = time.perf_counter()
-        try:
-            futures = [await p.send(topic, v, key=k) for k, v in records]
-            await asyncio.gather(*futures)
-        finally:
-            await p.stop()
-        return time.perf_counter() - started
-
-    def wait_metric(self, name: str, target: float, timeout: float, **labels: str) -> tuple[float, float]:
-        """Poll until the metric reaches ``target``; return (first-change time, done time)."""
-        assert self.worker is not None
-        base_started = time.monotonic()
-        first = None
-        last = 0.0
-        while time.monotonic() - base_started < timeout:
-            last = self.worker.metric(name, **labels)
-            now = time.monotonic()
-            if first is None and last > 0:
-                first = now
-            if last >= target:
-                return first or now, now
-            time.sleep(0.05)
-        return first or time.monotonic(), math.nan
-
-    def wait_committed(self, group: str, topic: str, target: int, timeout: float) -> tuple[float, int, float]:
-        """Poll the broker until ``group`` has committed ``target`` records of ``topic`` in all.
-
-        Progress is read from the broker (the consumer group's committed offsets), not from the
-        worker: polling the worker's /metrics 20 times a second would itself cost the worker
-        a large share of its CPU. Returns (time progress was first seen, records committed by
-        then, time ``target`` was reached — NaN on timeout).
-        """
-        from kafka import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers,
-                                 **security.kafka_python_kwargs(self.settings))
-        try:
-            started = time.monotonic()
-            first: tuple[float, int] | None = None
-            while time.monotonic() - started < timeout:
-                offsets = admin.list_group_offsets(group).get(group, {})
-                done = sum(max(0, om.offset) for tp, om in offsets.items() if tp.topic == topic)
-                now = time.monotonic()
-                if first is None and done > 0:
-                    first = (now, done)
-                if done >= target:
-                    return (*(first or (now, done)), now)
-                time.sleep(0.02)
-            return (*(first or (time.monotonic(), 0)), math.nan)
-        finally:
-            admin.close()
-
-    # -- phases -------------------------------------------------------------------------------
     async def baseline(self, records: list[tuple[bytes, bytes]]) -> float:
-        """Plain aiokafka pass-through of the same events on the same broker (events/s)."""
-        src, dst = self.topic("bench.baseline.in"), self.topic("bench.baseline.out")
-        await self.produce_all(src, records)
-        consumer = AIOKafkaConsumer(src, bootstrap_servers=self.settings.bootstrap_servers,
-                                    group_id=f"{self.settings.app_id}-baseline", auto_offset_reset="earliest",
-                                    enable_auto_commit=False, fetch_max_wait_ms=self.settings.firehose_fetch_wait_ms,
-                                    max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
-                                    **security.aiokafka_kwargs(self.settings))
-        producer = await self.producer(linger_ms=20)
-        await consumer.start()
-        forwarded = 0
-        seen = 0
-        started = None
-        try:
-            deadline = time.monotonic() + 120
-            while seen < len(records) and time.monotonic() < deadline:
-                batches = await consumer.getmany(timeout_ms=200, max_records=self.settings.status_batch_max)
-                if started is None and batches:
-                    started = time.perf_counter()
-                futures = []
-                for recs in batches.values():
-                    for rec in recs:
-                        seen += 1
-                        if self.drop_every and seen % self.drop_every == 0:
-                            continue  # the test hook: this event is "lost"
-                        futures.append(await producer.send(dst, rec.value, key=rec.key))
-                await asyncio.gather(*futures)
-                forwarded += len(futures)
-                await consumer.commit()
-            elapsed = time.perf_counter() - (started or time.perf_counter())
-        finally:
-            await consumer.stop()
-            await producer.stop()
-        check_loss("baseline pass-through", len(records), forwarded)
-        return len(records) / elapsed
-
-    async def floor(self, n: int = 1000, rate: float = 200.0) -> tuple[float, float]:
-        """Produce → consume latency of the broker alone (p50, p99 in ms)."""
-        topic = self.topic("bench.floor")
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.settings.bootstrap_servers,
-                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms, auto_offset_reset="latest",
-                                    **security.aiokafka_kwargs(self.settings))
-        await consumer.start()
-        await consumer.seek_to_end()
-        producer = await self.producer(linger_ms=self.settings.producer_linger_ms)
-        sent: dict[bytes, float] = {}
-        lat: list[float] = []
-
-        async def consume() -> None:
-            async for rec in consumer:
-                t = sent.pop(rec.value, None)
-                if t is not None:
-                    lat.append(time.perf_counter() - t)
-
-        task = asyncio.ensure_future(consume())
-        await asyncio.sleep(0.5)
-        try:
-            for i in range(n):
-                v = b"floor-%d" % i
-                sent[v] = time.perf_counter()
-                await producer.send(topic, v, key=v)
-                await asyncio.sleep(1 / rate)
-            deadline = time.monotonic() + 10
-            while sent and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-        finally:
-            task.cancel()
-            await producer.stop()
-            await consumer.stop()
-        check_loss("broker floor", n, len(lat))
-        return percentile(lat, 0.5) * 1000, percentile(lat, 0.99) * 1000
-
-    async def incidents_under_load(self, units: list[dict[str, Any]], status_rate: float) -> dict[str, float]:
-        """Incidents at a fixed rate while status traffic runs; end-to-end and decision times."""
-        assert self.worker is not None
-        # This process timestamps every assignment: its own garbage collections must not walk
-        # the city and earlier phases' objects inside the measured window.
-        gc.collect()
-        gc.freeze()
-        rng = random.Random(42)
-        tag = uuid.uuid4().hex[:6]
-        consumer = AIOKafkaConsumer(self.topic("dispatch.assignments.v1"),
-                                    bootstrap_servers=self.settings.bootstrap_servers,
-                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms, auto_offset_reset="latest",
-                                    **security.aiokafka_kwargs(self.settings))
-        await consumer.start()
-        await consumer.seek_to_end()
-        incidents = await self.producer(linger_ms=0)
-        # The status traffic comes from a process of its own: generating 10,000+ events/s in
-        # this one would delay the very timestamps this phase measures.
-        ctx = multiprocessing.get_context("spawn")
-        stop_bg, bg_sent = ctx.Event(), ctx.Value("q", 0)
-        bg_proc = ctx.Process(target=status_traffic, daemon=True, args=(
-            self.settings, self.topic("units.status.v1"),
-            [(u["unit_id"], u["home"]) for u in units], status_rate, stop_bg, bg_sent))
-        sent: dict[str, tuple[float, int]] = {}
-        done: dict[str, float] = {}
-        got: dict[str, int] = {}
-        # Histogram → result key: the decision with the broker's ack, and the worker's own part.
-        decisions = {"kaifong_decision_seconds": "decision", "kaifong_decision_stored_seconds": "decision_stored"}
-        dec_before = {name: dict(self.worker.buckets(name)) for name in decisions}
-
-        async def consume() -> None:
-            async for rec in consumer:
-                a = orjson.loads(rec.value)
-                iid = a["incident_id"]
-                if iid in sent and a["attempt"] == 0:
-                    got[iid] = got.get(iid, 0) + 1
-                    if got[iid] == sent[iid][1]:
-                        done[iid] = time.perf_counter() - sent[iid][0]
-
-        async def resolve_later(iid: str, at: datetime) -> None:
-            await asyncio.sleep(3)
-            await incidents.send(self.topic("incidents.updates.v1"), orjson.dumps({
-                "event_id": f"res-{iid}", "incident_id": iid, "kind": "resolved",
-                "at": (at + timedelta(seconds=3)).isoformat()}), key=iid.encode())
-
-        reader = asyncio.ensure_future(consume())
-        if status_rate > 0:
-            bg_proc.start()
-        resolvers = []
-        while status_rate > 0 and bg_sent.value == 0 and bg_proc.is_alive():  # traffic first
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)
-        loaded_floor: dict[str, float] = {}
-        if status_rate > 0:
-            # The broker's own produce→consume floor under this same status load (the headline
-            # floor is measured on an idle broker): what the loaded broker adds by itself.
-            p50, p99 = await self.floor()
-            loaded_floor = {"floor_under_load_p50_ms": p50, "floor_under_load_p99_ms": p99}
-        bg0, bg_t0 = bg_sent.value, time.perf_counter()
-        try:
-            n = int(self.incident_rate * self.duration_s)
-            started = time.perf_counter()
-            for i in range(n):
-                u = rng.choice(units)
-                iid = f"b{tag}-{i}"
-                severity = rng.choice([1, 2, 3, 3, 4, 4])
-                now = datetime.now(UTC)
-                ev = {"event_id": f"be{tag}-{i}", "incident_id": iid, "category": rng.choice(
-                    ["fire", "violence", "medical", "crowd", "traffic"]), "severity": severity,
-                    "reported_at": now.isoformat(), "location": u["home"], "district": u["district"],
-                    "grid": u["grid"], "venue_id": u["venue"]["id"], "source": "call_110", "exercise": False}
-                rings = len(initial_rings(severity, [r.number for r in self.settings.ring_table()]))
-                sent[iid] = (time.perf_counter(), rings)
-                await incidents.send(self.topic("incidents.reported.v1"), orjson.dumps(ev), key=iid.encode())
-                resolvers.append(asyncio.ensure_future(resolve_later(iid, now)))
-                await asyncio.sleep(max(0.0, started + (i + 1) / self.incident_rate - time.perf_counter()))
-            deadline = time.monotonic() + 60
-            while len(done) < n and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-        finally:
-            bg_rate = (bg_sent.value - bg0) / (time.perf_counter() - bg_t0)
-            stop_bg.set()
-            await asyncio.gather(*resolvers, return_exceptions=True)
-            if status_rate > 0:
-                bg_proc.join(10)
-                if bg_proc.is_alive():
-                    bg_proc.kill()
-            reader.cancel()
-            await incidents.stop()
-            await consumer.stop()
-        processed = self.worker.metric("kaifong_events_in_total", topic=self.topic("incidents.reported.v1"))
-        self.log(f"      worker took {processed:,.0f} reports in all; {len(done)} of {n} incidents fully assigned "
-                 f"as seen by the bench")
-        check_loss("incidents (all rings assigned)", n, len(done))
-        lat = list(done.values())
-        out = {"e2e_p50_ms": percentile(lat, 0.5) * 1000, "e2e_p95_ms": percentile(lat, 0.95) * 1000,
-               "e2e_p99_ms": percentile(lat, 0.99) * 1000, "incidents": n,
-               "status_background_achieved_per_s": bg_rate, **loaded_floor}
-        # This phase's share of each decision histogram.
-        for name, key in decisions.items():
-            dec = [(b, c - dec_before[name].get(b, 0.0)) for b, c in self.worker.buckets(name)]
-            out[f"{key}_p50_ms"] = histogram_quantile(dec, 0.5) * 1000
-            out[f"{key}_p99_ms"] = histogram_quantile(dec, 0.99) * 1000
-        return out
-
-    async def escalation_lateness(self, units: list[dict[str, Any]], n: int = 1000) -> tuple[float, float]:
-        """1,000 open incidents whose ring-1 deadlines fall over ~10 s: lateness p50/p99 (ms)."""
-        tag = uuid.uuid4().hex[:6]
-        consumer = AIOKafkaConsumer(self.topic("incidents.escalations.v1"),
-                                    bootstrap_servers=self.settings.bootstrap_servers,
-                                    fetch_max_wait_ms=self.settings.fetch_max_wait_ms, auto_offset_reset="latest",
-                                    **security.aiokafka_kwargs(self.settings))
-        await consumer.start()
-        await consumer.seek_to_end()
-        producer = await self.producer(linger_ms=5)
-        target = self.settings.ring_table()[0].target_s
-        base = datetime.now(UTC) - timedelta(seconds=target - 5)
-        rng = random.Random(7)
-        for i in range(n):
-            u = rng.choice(units)
-            iid = f"l{tag}-{i}"
-            await producer.send(self.topic("incidents.reported.v1"), orjson.dumps({
-                "event_id": f"le{tag}-{i}", "incident_id": iid, "category": "other", "severity": 4,
-                "reported_at": (base + timedelta(milliseconds=10 * i)).isoformat(), "location": u["home"],
-                "district": u["district"], "grid": u["grid"], "source": "sensor", "exercise": False}),
-                key=iid.encode())
-        await producer.flush()
-        await producer.stop()
-        lateness: dict[str, float] = {}
-        deadline = time.monotonic() + 60
-        try:
-            while len(lateness) < n and time.monotonic() < deadline:
-                batches = await consumer.getmany(timeout_ms=500)
-                for recs in batches.values():
-                    for rec in recs:
-                        e = orjson.loads(rec.value)
-                        if (e["incident_id"].startswith(f"l{tag}-") and e["ring"] == 1
-                                and e["reason"] == "ring_deadline_missed" and e["notification"] == 0):
-                            lateness[e["incident_id"]] = (datetime.fromisoformat(e["raised_at"])
-                                                          - datetime.fromisoformat(e["deadline_at"])).total_seconds()
-        finally:
-            await consumer.stop()
-        check_loss("escalations (one per ring-1 deadline)", n, len(lateness))
-        values = list(lateness.values())
-        return percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
-
-    async def fill_open_incidents(self, units: list[dict[str, Any]], n: int) -> None:
-        """Open ``n`` more incidents (far-off deadlines) so the worker holds a city's worth."""
-        tag = uuid.uuid4().hex[:6]
-        producer = await self.producer(linger_ms=20)
-        now = datetime.now(UTC).isoformat()
-        rng = random.Random(3)
-        for i in range(n):
-            u = rng.choice(units)
-            iid = f"o{tag}-{i}"
-            await producer.send(self.topic("incidents.reported.v1"), orjson.dumps({
-                "event_id": f"oe{tag}-{i}", "incident_id": iid, "category": "other", "severity": 4,
-                "reported_at": now, "location": u["home"], "district": u["district"], "source": "sensor",
-                "exercise": False}), key=iid.encode())
-        await producer.flush()
-        await producer.stop()
-
-    async def register_city(self, units: list[dict[str, Any]], *, available: bool = False) -> WorkerHandle:
-        """Publish the city's registry, start a worker, wait until it has every unit (and, with
-        ``available``, until every unit has reported available)."""
-        await self.produce_all(self.topic("units.registry.v1"),
-                               [(u["unit_id"].encode(), orjson.dumps(u)) for u in units])
-        worker = self.start_worker()
-        _, done = self.wait_metric("kaifong_events_in_total", len(units), 120,
-                                   topic=self.topic("units.registry.v1"))
-        if math.isnan(done):
-            raise BenchLoss("registry: not every unit was registered")
-        if available:
-            await self.produce_all(self.topic("units.status.v1"), self.status_events(units, len(units), seq0=1))
-            _, done = self.wait_metric("kaifong_events_in_total", len(units), 120,
-                                       topic=self.topic("units.status.v1"))
-            if math.isnan(done):
-                raise BenchLoss("not every unit reported available")
-        return worker
+        """Phase 1: plain aiokafka pass-through of the same events on the same broker (events/s)."""
+        return await phases.baseline(self.rig, records, self.drop_every)
 
     async def dispatch_alone(self, units: list[dict[str, Any]]) -> None:
         """Incidents at the fixed rate with no other load: results under ``dispatch_*``."""
-        self.results.update({f"dispatch_{k}": v for k, v in (await self.incidents_under_load(units, 0)).items()
-                             if k != "status_background_achieved_per_s"})
-
-    async def fresh_stack(self, units: list[dict[str, Any]]) -> WorkerHandle:
-        """The latency phases run on a fresh embedded broker and Redis, the city loaded again.
-
-        The embedded broker (Tansu, in memory) slows down as it accumulates record batches —
-        every fetch walks a partition's batches — so after the ~600,000 records of the
-        throughput phases the latency phases would measure the broker's age rather than
-        kaifong, and the floor (a fresh topic) would not see it. Each latency phase that could
-        see an earlier one's batches gets its own young broker (its floor measured on it too).
-        With an external broker this is skipped.
-        """
-        assert self.worker is not None
-        if self.stack is None or not self.stack.redis_url:
-            return self.worker  # an external broker or Redis: the latency phases run on it as it is
-        self.log("      a fresh embedded broker and Redis, the city loaded again …")
-        self.worker.stop()
-        self.stack.stop()
-        tag = uuid.uuid4().hex[:6]
-        self.stack = EmbeddedStack(free_port(), free_port(), workdir=self.workdir / f"latency-{tag}").start()
-        self.settings = replace(self.settings, broker_url=self.stack.broker_url, redis_url=self.stack.redis_url or "",
-                                topic_prefix=f"bench{tag}.", app_id=f"bench-{tag}", web_port=free_port())
-        wait_for_broker(self.settings)
-        ensure_topics(self.settings)
-        ensure_topics(self.settings, (TopicSpec("bench.floor", "k", "unit-status", "input"),))
-        return await self.register_city(units, available=True)
+        out = await phases.incidents_under_load(self.rig, units, 0, self.incident_rate, self.duration_s)
+        self.results.update({f"dispatch_{k}": v for k, v in out.items() if k != "status_background_achieved_per_s"})
 
     async def run_dispatch(self, units: list[dict[str, Any]]) -> dict[str, Any]:
         """``kaifong bench dispatch``: the city loaded, every unit available, the broker floor,
         then incidents at the fixed rate — decision time and reported→assignment, no other load."""
         r = self.results
         self.log(f"[1/3] {len(units):,} units registered and reporting available …")
-        await self.register_city(units, available=True)
+        await self.rig.load_city(units, available=True)
         self.log("[2/3] broker floor: produce → consume latency …")
-        r["broker_floor_p50_ms"], r["broker_floor_p99_ms"] = await self.floor()
+        r["broker_floor_p50_ms"], r["broker_floor_p99_ms"] = await phases.floor(self.rig)
         self.log(f"[3/3] dispatch: incidents at {self.incident_rate:g}/s for {self.duration_s:g}s …")
         await self.dispatch_alone(units)
         return r
 
-    # -- the run ------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
-        s = self.settings
+        rig = self.rig
         r = self.results
         r["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0],
-                        "broker": "embedded Tansu (memory)" if self.stack else s.broker_url,
-                        "redis": "embedded Valkey" if self.stack else "external"}
-        ensure_topics(s)
-        for extra in ("bench.baseline.in", "bench.baseline.out", "bench.floor"):
-            ensure_topics(s, (TopicSpec(extra, "k", "unit-status", "input"),))
+                        "broker": "embedded Tansu (memory)" if rig.stack else rig.settings.broker_url,
+                        "redis": "embedded Valkey" if rig.stack else "external"}
+        rig.ensure_topics("bench.baseline.in", "bench.baseline.out", "bench.floor")
         city = generate(seed=7, units=self.units)
         units = city.units
-        records = self.status_events(units, self.events, seq0=1)
+        records = status_events(units, self.events, seq0=1)
 
         if self.only == "dispatch":
             return await self.run_dispatch(units)
@@ -602,43 +117,16 @@ class Bench:
         r["baseline_events_per_s"] = await self.baseline(records)
 
         self.log(f"[2/7] kaifong status path: {len(units):,} units registered, then {self.events:,} statuses …")
-        worker = await self.register_city(units)
+        worker = await rig.load_city(units)
         worker.stop()
-        await self.produce_all(self.topic("units.status.v1"), records)
+        await produce_all(rig.settings, rig.topic("units.status.v1"), records)
         del records  # 200,000 records the latency phases' garbage collections need not walk
-        worker = self.start_worker()
-        pids = {"worker": worker.proc.pid}
-        firehose = children(worker.proc.pid)
-        if firehose:
-            pids["firehose"] = firehose[0]
-        if self.stack:
-            pids["broker"] = self.stack.services[0].proc.pid  # type: ignore[union-attr]
-            pids["redis"] = self.stack.services[1].proc.pid  # type: ignore[union-attr]
-        cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
-        first, first_count, done = self.wait_committed(f"{s.app_id}-units", self.topic("units.status.v1"),
-                                                       self.events, 300)
-        cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
-        ok = worker.metric("kaifong_events_in_total", topic=self.topic("units.status.v1"), outcome="ok")
-        check_loss("kaifong status path", self.events, int(ok))
-        if math.isnan(done):
-            raise BenchLoss("kaifong status path: not every status event was committed within 300 s")
-        # The rate between the first and the last commit seen: what was committed before the
-        # first sighting is not counted in the numerator either.
-        r["kaifong_status_events_per_s"] = (self.events - first_count) / max(done - first, 1e-3)
-        r["throughput_ratio_vs_aiokafka"] = r["kaifong_status_events_per_s"] / r["baseline_events_per_s"]
-        self.log(f"      baseline {r['baseline_events_per_s']:,.0f}/s, "
-                 f"kaifong {r['kaifong_status_events_per_s']:,.0f}/s (ratio {r['throughput_ratio_vs_aiokafka']:.2f})")
-        per_1000 = {k: (cpu1[k] - cpu0[k]) / (self.events / 1000) for k in pids}
-        if "firehose" in per_1000:  # the worker is both its processes; the firehose's share shown too
-            per_1000 = {"worker": per_1000["worker"] + per_1000["firehose"],
-                        "(of which its firehose)": per_1000.pop("firehose"),
-                        **{k: v for k, v in per_1000.items() if k != "worker"}}
-        r["cpu_seconds_per_1000_events"] = per_1000
+        r.update(phases.status_throughput(rig, self.events, r["baseline_events_per_s"]))
 
-        worker = await self.fresh_stack(units)
+        await rig.fresh(units)
 
         self.log("[3/7] broker floor: produce → consume latency …")
-        p50, p99 = await self.floor()
+        p50, p99 = await phases.floor(rig)
         r["broker_floor_p50_ms"], r["broker_floor_p99_ms"] = p50, p99
 
         self.log(f"[4/7] dispatch: incidents at {self.incident_rate:g}/s for {self.duration_s:g}s, the city "
@@ -648,166 +136,20 @@ class Bench:
         # phase 4 left (its incident partitions ~1,000 record batches deep) the same phase
         # measured decision p99 19-20 ms and reported→assignment p99 45-57 ms instead of 12-15
         # and 23-33 — the embedded broker's age, which no floor measured on a fresh topic shows.
-        worker = await self.fresh_stack(units)
+        await rig.fresh(units)
         rate = r["kaifong_status_events_per_s"] / 2
         self.log(f"[5/7] incidents at {self.incident_rate:g}/s for {self.duration_s:g}s with status traffic at "
                  f"{rate:,.0f}/s …")
         r["status_background_per_s"] = rate
-        r.update(await self.incidents_under_load(units, rate))
+        r.update(await phases.incidents_under_load(rig, units, rate, self.incident_rate, self.duration_s))
         if "floor_under_load_p99_ms" in r:
             r["e2e_p99_over_loaded_floor_ms"] = r["e2e_p99_ms"] - r["floor_under_load_p99_ms"]
 
         self.log("[6/7] escalation lateness with 1,000 open incidents …")
-        r["escalation_lateness_p50_ms"], r["escalation_lateness_p99_ms"] = await self.escalation_lateness(units)
+        r["escalation_lateness_p50_ms"], r["escalation_lateness_p99_ms"] = await phases.escalation_lateness(rig, units)
 
-        opened = int(worker.metric("kaifong_incidents_open", exercise="false"))
-        more = max(0, self.open_incidents - opened)
-        self.log(f"[7/7] peak RSS with {len(units):,} units and {self.open_incidents:,} open incidents …")
-        await self.fill_open_incidents(units, more)
-        self.wait_metric("kaifong_events_in_total", opened + more + 1, 120, topic=self.topic("incidents.reported.v1"))
-        await asyncio.sleep(6)  # one gauge sampling period
-        r["open_incidents"] = worker.metric("kaifong_incidents_open", exercise="false")
-        # Both processes of the worker: the incident flow's and the firehose's peaks, added.
-        r["worker_peak_rss_mb"] = sum(peak_rss_mb(p) for p in [worker.proc.pid, *children(worker.proc.pid)])
+        r.update(await phases.peak_rss(rig, units, self.open_incidents))
         return r
-
-
-def status_event(unit_id: str, home: dict[str, float], event_id: str, seq: int, at: str) -> bytes:
-    """One "available" status event of a unit at its home, encoded."""
-    return orjson.dumps({"event_id": event_id, "unit_id": unit_id, "status": "available", "at": at, "seq": seq,
-                         "location": home})
-
-
-def status_traffic(settings: Settings, topic: str, units: list[tuple[str, dict[str, float]]], rate: float,
-                   stop: Any, sent: Any) -> None:
-    """Background unit-status traffic at ``rate`` events/s until ``stop`` is set (own process)."""
-
-    with contextlib.suppress(OSError):
-        # A load generator, not the system measured: when the cores are contended the
-        # processes under measurement run first (the achieved rate is reported).
-        os.nice(10)
-
-    async def main() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=50,
-                                    max_batch_size=1 << 20, acks=1, max_request_size=4 << 20,
-                                    **security.aiokafka_kwargs(settings))
-        await producer.start()
-        # Upstream systems run on machines of their own; this one shares the cores with what
-        # it loads. So it builds each tick's record batches itself, one per partition (keyed
-        # like the default partitioner: a unit's events stay in order), instead of paying
-        # aiokafka's per-record send() (futures, accumulator): ~4x less CPU for the same load.
-        parts = sorted(await producer.partitions_for(topic))
-        keyed = [(uid, uid.encode(), home, DefaultPartitioner()(uid.encode(), parts, parts)) for uid, home in units]
-        seq = int(time.time() * 1000)
-        i = 0
-        now = datetime.now(UTC).isoformat()
-        tick = 0.05
-        per_tick = max(1, int(rate * tick))
-        started = time.perf_counter()
-        sends: list[Any] = []
-        try:
-            while not stop.is_set():
-                batches: dict[int, Any] = {}
-                for _ in range(per_tick):
-                    uid, key, home, part = keyed[i % len(keyed)]
-                    i += 1
-                    value = status_event(uid, home, f"bg{seq}-{i}", seq + i, now)
-                    batch = batches.get(part)
-                    if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
-                        if batch is not None:
-                            sends.append(await producer.send_batch(batch, topic, partition=part))
-                        batch = batches[part] = producer.create_batch()
-                        batch.append(key=key, value=value, timestamp=None)
-                for part, batch in batches.items():
-                    sends.append(await producer.send_batch(batch, topic, partition=part))
-                # Acknowledgements are awaited a few ticks behind: the broker's ack time must
-                # not slow the rate down, and a failed send still ends the traffic loudly.
-                while len(sends) > 8 * len(parts):
-                    await sends.pop(0)
-                sent.value = i
-                await asyncio.sleep(max(0.0, started + (i / per_tick) * tick - time.perf_counter()))
-            await asyncio.gather(*sends)
-        finally:
-            await producer.stop()
-
-    asyncio.run(main())
-
-
-TARGETS = {
-    "throughput_ratio_vs_aiokafka": (">=", 0.5),
-    "dispatch_decision_stored_p99_ms": ("<=", 10.0),
-    "dispatch_decision_p99_ms": ("<=", 10.0),
-    "decision_stored_p99_ms": ("<=", 10.0),
-    "decision_p99_ms": ("<=", 10.0),
-    "e2e_p99_over_loaded_floor_ms": ("<=", 15.0),
-    "escalation_lateness_p99_ms": ("<=", 500.0),
-    "worker_peak_rss_mb": ("<=", 400.0),
-}
-
-
-def verdicts(r: dict[str, Any]) -> dict[str, bool]:
-    """Which targets the run met (the e2e one is relative to the same-run broker floor)."""
-    out = {}
-    for key, (op, bound) in TARGETS.items():
-        if key in r:
-            out[key] = r[key] >= bound if op == ">=" else r[key] <= bound
-    for key in ("dispatch_e2e_p99_ms", "e2e_p99_ms"):
-        if key in r and "broker_floor_p99_ms" in r:
-            out[key] = r[key] <= r["broker_floor_p99_ms"] + 15
-    return out
-
-
-def table(r: dict[str, Any]) -> str:
-    """The human-readable result table."""
-    v = verdicts(r)
-
-    def row(label: str, key: str, fmt: str, target: str = "") -> str:
-        value = r.get(key)
-        if value is None:
-            return ""
-        text = format(value, fmt)
-        mark = "" if key not in v else ("  ✔" if v[key] else "  ✘")
-        return f"| {label:<52} | {text:>12} | {target:<26}{mark} |"
-
-    m = r.get("machine", {})
-    lines = [f"kaifong bench — {m.get('cores')} cores, Python {m.get('python')}, broker: {m.get('broker')}, "
-             f"redis: {m.get('redis')}",
-             f"| {'measure':<52} | {'value':>12} | {'target':<28} |",
-             "|" + "-" * 54 + "|" + "-" * 14 + "|" + "-" * 30 + "|",
-             row("aiokafka pass-through baseline (events/s)", "baseline_events_per_s", ",.0f"),
-             row("kaifong unit-status path, 1 worker (events/s)", "kaifong_status_events_per_s", ",.0f"),
-             row("ratio to the baseline", "throughput_ratio_vs_aiokafka", ".2f", "≥ 0.50"),
-             row("broker floor produce→consume p50 (ms)", "broker_floor_p50_ms", ".1f"),
-             row("broker floor produce→consume p99 (ms)", "broker_floor_p99_ms", ".1f"),
-             row("dispatch alone: reported→assignment p50 (ms)", "dispatch_e2e_p50_ms", ".1f"),
-             row("dispatch alone: reported→assignment p99 (ms)", "dispatch_e2e_p99_ms", ".1f", "≤ floor p99 + 15 ms"),
-             row("dispatch alone: decision in the worker p50 (ms)", "dispatch_decision_stored_p50_ms", ".2f"),
-             row("dispatch alone: decision in the worker p99 (ms)", "dispatch_decision_stored_p99_ms", ".2f",
-                 "≤ 10 ms"),
-             row("  … + the broker's ack p50 (ms)", "dispatch_decision_p50_ms", ".2f"),
-             row("  … + the broker's ack p99 (ms)", "dispatch_decision_p99_ms", ".2f", "≤ 10 ms, ack counted"),
-             row("status traffic during the incident phase (events/s)", "status_background_per_s", ",.0f"),
-             row("  … achieved by the traffic process (events/s)", "status_background_achieved_per_s", ",.0f"),
-             row("under status load: reported→assignment p50 (ms)", "e2e_p50_ms", ".1f"),
-             row("under status load: reported→assignment p95 (ms)", "e2e_p95_ms", ".1f"),
-             row("under status load: reported→assignment p99 (ms)", "e2e_p99_ms", ".1f", "≤ floor p99 + 15 ms"),
-             row("broker floor under that status load p50 (ms)", "floor_under_load_p50_ms", ".1f"),
-             row("broker floor under that status load p99 (ms)", "floor_under_load_p99_ms", ".1f"),
-             row("  reported→assignment p99 − that floor p99 (ms)", "e2e_p99_over_loaded_floor_ms", ".1f", "≤ 15 ms"),
-             row("under status load: decision in the worker p50 (ms)", "decision_stored_p50_ms", ".2f"),
-             row("under status load: decision in the worker p99 (ms)", "decision_stored_p99_ms", ".2f", "≤ 10 ms"),
-             row("  … + the broker's ack p50 (ms)", "decision_p50_ms", ".2f"),
-             row("  … + the broker's ack p99 (ms)", "decision_p99_ms", ".2f", "≤ 10 ms, ack counted"),
-             row("escalation lateness p50 (ms), 1,000 open", "escalation_lateness_p50_ms", ".0f"),
-             row("escalation lateness p99 (ms), 1,000 open", "escalation_lateness_p99_ms", ".0f", "≤ 500 ms"),
-             row("worker peak RSS (MB, + firehose), city + open", "worker_peak_rss_mb", ".0f", "≤ 400 MB")]
-    lines = [line for line in lines if line]  # a phase that did not run has no rows
-    cpu = r.get("cpu_seconds_per_1000_events") or {}
-    for name, value in cpu.items():
-        lines.append(f"| {'CPU s per 1,000 status events: ' + name:<52} | {value:>12.3f} | {'':<28} |")
-    if "open_incidents" in r:
-        lines.append(f"| {'open incidents held at the RSS reading':<52} | {r['open_incidents']:>12,.0f} | {'':<28} |")
-    return "\n".join(lines)
 
 
 def main(argv_events: int, incident_rate: float, duration_s: float, json_path: str | None,
@@ -831,24 +173,11 @@ def main(argv_events: int, incident_rate: float, duration_s: float, json_path: s
         asyncio.run(bench.run())
     except BenchLoss as exc:
         print(f"\nFAILED: {exc}", file=sys.stderr)
-        # Figures of a run that lost events are not reported; the partial ones stay in the JSON
-        # under their own key, for diagnosis only.
-        bench.results = {"machine": bench.results.get("machine"), "error": str(exc),
-                         "partial_unverified": {k: v for k, v in bench.results.items() if k != "machine"}}
+        bench.results = unverified(bench.results, exc)
         code = 1
     finally:
-        if bench.worker:
-            bench.worker.stop()
-        if bench.stack:  # the latency phases' stack (the first one was stopped before them)
-            bench.stack.stop()
-        if stack and stack is not bench.stack:
+        bench.rig.stop()
+        if stack and stack is not bench.rig.stack:
             stack.stop()
-    if code == 0:
-        print()
-        print(table(bench.results))
-        bench.results["targets_met"] = verdicts(bench.results)
-    if json_path:
-        Path(json_path).write_bytes(orjson.dumps(bench.results, option=orjson.OPT_INDENT_2))
-        print(f"\nwrote {json_path}")
+    publish(bench.results, json_path, verified=code == 0)
     return code
-

@@ -1,6 +1,6 @@
 """kaifong.agents.web.live — the live feed: output topics fanned out to browsers as Server-Sent Events.
 
-Layer: agents. Each worker runs one aiokafka consumer **without a consumer group**: it is
+Layer: agents/web. Each worker runs one aiokafka consumer **without a consumer group**: it is
 assigned every partition of the incident state, escalation and assignment topics (and the
 updates topic, for acknowledgements) and starts at their end, so every worker sees the whole
 city and any worker's console shows all of it. Every record is pushed to every connected

@@ -1,14 +1,15 @@
 """kaifong.agents.web.server — the worker's HTTP surface: probes, metrics, the API, the live feed, the console.
 
-Layer: agents. Served by Faust's web server (aiohttp) on ``KAIFONG_WEB_PORT``:
+Layer: agents/web. Served by Faust's web server (aiohttp) on ``KAIFONG_WEB_PORT``:
 
 - ``/health``, ``/ready`` — probes, never behind the token;
 - ``/metrics`` — Prometheus, behind the token when the port is reachable beyond loopback;
 - ``/api/*`` — :mod:`kaifong.agents.web.api`; ``/api/stream`` — :mod:`kaifong.agents.web.live`;
 - ``/`` and ``/static/{name}`` — the command-centre console (plain HTML/CSS/JS, no build step).
 
-One aiohttp middleware (:meth:`kaifong.agents.web.api.Guard.middleware`) guards and counts every
-route, Faust's views included.
+One aiohttp middleware (:meth:`kaifong.agents.web.auth.Guard.middleware`) guards and counts every
+route, Faust's views included. What the room reads and calls comes in one
+:class:`~kaifong.agents.web.services.WebServices` (never the worker).
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ from __future__ import annotations
 import hashlib
 import time
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web as aioweb
 from faust import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kaifong.agents.flows import firehose
-from kaifong.agents.web import api, live
+from kaifong.agents.web import api, auth, live
+from kaifong.agents.web.services import WebServices
 from kaifong.streams import metrics
-
-if TYPE_CHECKING:
-    from kaifong.agents.worker import Worker
 
 #: The console's files and their content types (nothing else is served from static/).
 STATIC_TYPES = {
@@ -41,7 +40,7 @@ STATIC_TYPES = {
 class Console:
     """The console's static files, read once when the worker starts (they are small)."""
 
-    def __init__(self, guard: api.Guard) -> None:
+    def __init__(self, guard: auth.Guard) -> None:
         self.guard = guard
         folder = resources.files("kaifong.agents.web").joinpath("static")
         self.files = {name: folder.joinpath(name).read_bytes() for name in STATIC_TYPES}
@@ -60,7 +59,7 @@ class Console:
         ``Authorization`` header) are let in when the port is reachable beyond loopback."""
         response = self._file(request, "index.html")
         if self.guard.token_matches(request.query.get("token")):
-            response.set_cookie(api.CONSOLE_COOKIE, self.guard.console_cookie, httponly=True, samesite="Strict",
+            response.set_cookie(auth.CONSOLE_COOKIE, self.guard.console_cookie, httponly=True, samesite="Strict",
                                 secure=request.secure, path="/")
         return response
 
@@ -85,17 +84,17 @@ def _drop_production_index(app: Any) -> None:
         enabled[:] = [(prefix, bp) for prefix, bp in enabled if "production_index" not in str(bp)]
 
 
-def register(app: Any, worker: Worker) -> None:
+def register(app: Any, services: WebServices) -> None:
     """Add every HTTP endpoint to ``app`` and start the live feed with it.
 
-    Raises :class:`kaifong.agents.web.api.InsecureConfig` when the port would be reachable beyond
+    Raises :class:`kaifong.agents.web.auth.InsecureConfig` when the port would be reachable beyond
     loopback without a token (the worker refuses to start rather than serve an open API).
     """
-    guard = api.Guard.from_settings(worker.settings)
+    guard = auth.Guard.from_settings(services.settings)
     web_app: aioweb.Application = app.web.web_app
     _drop_production_index(app)
     web_app.middlewares.append(guard.middleware())
-    web_app.on_response_prepare.append(api.security_headers)
+    web_app.on_response_prepare.append(auth.security_headers)
 
     console = Console(guard)
     web_app.router.add_get("/", console.index)
@@ -105,20 +104,20 @@ def register(app: Any, worker: Worker) -> None:
     @app.page("/health")
     async def health(self: web.View, request: web.Request) -> web.Response:
         # Liveness: the process serves HTTP. Readiness detail rides along for humans.
-        return self.json({"status": "ok", "ready": worker.is_ready(),
-                          "uptime_s": round(time.monotonic() - worker.started_monotonic, 3)})
+        return self.json({"status": "ok", "ready": services.is_ready(),
+                          "uptime_s": round(time.monotonic() - services.started_monotonic, 3)})
 
     @app.page("/ready")
     async def ready(self: web.View, request: web.Request) -> web.Response:
-        ok = worker.is_ready()
-        return self.json({"ready": ok, "ready_after_s": worker.ready_after_s}, status=200 if ok else 503)
+        ok = services.is_ready()
+        return self.json({"ready": ok, "ready_after_s": services.ready_after_s()}, status=200 if ok else 503)
 
     @app.page("/metrics")
     async def metrics_view(self: web.View, request: web.Request) -> web.Response:
-        child = await worker.firehose.child_metrics() if worker.firehose is not None else None
+        child = await services.child_metrics() if services.child_metrics is not None else None
         return self.bytes(firehose.merged_exposition(child), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
-    handlers = api.register(web_app, worker)
-    live.register(web_app, app, worker.settings, handlers.summary_doc)
-    for route in ("/", "/static/{name}", "/favicon.ico", "/metrics", "/api/stream", api.UNMATCHED):
+    handlers = api.register(web_app, services)
+    live.register(web_app, app, services.settings, handlers.summary_doc)
+    for route in ("/", "/static/{name}", "/favicon.ico", "/metrics", "/api/stream", auth.UNMATCHED):
         metrics.HTTP_UNAUTHORIZED.labels(route)
