@@ -140,7 +140,7 @@ def cmd_firehose(args: argparse.Namespace) -> int:
     """Run the unit firehose (registry + status → Redis) in this process until SIGTERM."""
     import asyncio
 
-    from kaifong.agents.flows.firehose import child_main
+    from kaifong.agents.web.firehose_child import child_main
 
     settings = _settings()
     _logging(settings)

@@ -8,7 +8,6 @@ explicitly (no autodiscovery), so what runs is what this file says.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import time
@@ -17,7 +16,7 @@ from typing import Any
 import faust
 
 from kaifong.agents import report
-from kaifong.agents.flows import brokerwatch, watchdog
+from kaifong.agents.flows import brokerwatch, gauges, watchdog
 from kaifong.agents.flows.dispatch import Dispatcher
 from kaifong.agents.flows.drills import Drills
 from kaifong.agents.flows.firehose import Supervisor
@@ -38,12 +37,6 @@ from kaifong.streams.settings import Settings
 from kaifong.streams.topics import DRILLS_RESPONSES, INCIDENTS_REPORTED, INCIDENTS_UPDATES, TopicSpec
 
 log = logging.getLogger(__name__)
-
-#: How often the registry's version is checked, and how many changes (registry events) make
-#: the cache be read whole again once they have settled (a bulk load, not a few edits).
-REWARM_CHECK_S = 2.0
-REWARM_CHANGES = 100
-
 
 
 class Worker:
@@ -75,6 +68,8 @@ class Worker:
         self.units = UnitsIntake(settings, self.redis, self.store, _now)
         # The firehose in its own process (default) or inline: see kaifong.agents.flows.firehose.
         self.firehose = Supervisor(settings, self.units.joined) if settings.firehose == "process" else None
+        self.gauges = gauges.Gauges(settings, self.incidents.incidents, self.timers, self.store, self.owned_partitions,
+                                    (self.units.lag, self.faust_lag))
         self._faust_assigned = asyncio.Event()
         metrics.init_labels(settings)
         metrics.WORKER_STARTED.set(self.process_start)
@@ -118,7 +113,7 @@ class Worker:
 
         @app.task
         async def registry_cache() -> None:
-            await self.registry_cache_loop()
+            await gauges.registry_cache_loop(self.store, self.pipeline.retrying)
 
         @app.task
         async def ring_clock() -> None:
@@ -138,7 +133,7 @@ class Worker:
 
         @app.timer(interval=5.0)
         async def sample_gauges() -> None:
-            await self.pipeline.retrying("gauges", self.sample_gauges)
+            await self.pipeline.retrying("gauges", self.gauges.sample)
 
         @app.timer(interval=max(1.0, self.settings.unit_stale_after_s / 10))
         async def sweep_stale_units() -> None:
@@ -177,29 +172,6 @@ class Worker:
         if self.settings.watchdog_interval_s > 0:
             watchdog.register(app, self.settings)
 
-    async def registry_cache_loop(self) -> None:
-        """Keep every unit's registry entry in the cache, so decisions take no registry round
-        trip: read at start, and again once a bulk change of the registry (a city loaded after
-        the worker started) has settled. Entries carry a version, so the cache is never stale
-        meanwhile; a few edited units are simply re-read by the next decision that meets them.
-
-        After each full read the objects alive then (start-up and the cache: ~200,000) are
-        frozen out of the garbage collector: a full collection walking them stalled the event
-        loop for 50-120 ms, an incident's whole budget many times over (frozen objects are
-        still freed by reference counting when dropped).
-        """
-        warmed: int | None = None  # the registry version the cache was last read whole at
-        seen = None
-        while True:
-            version = await self.pipeline.retrying("warm", self.store.registry_version)
-            if warmed is None or (version - warmed >= REWARM_CHANGES and version == seen):
-                n = await self.pipeline.retrying("warm", self.store.warm_registry)
-                warmed = version
-                gc.freeze()
-                log.info("registry of %d units cached (version %d)", n, version)
-            seen = version
-            await asyncio.sleep(REWARM_CHECK_S)
-
     def owned_partitions(self) -> set[int]:
         """Partitions of the incident topics this worker owns right now (co-partitioned)."""
         topic = INCIDENTS_REPORTED.name(self.settings)
@@ -213,9 +185,9 @@ class Worker:
         """Fire due timers of owned partitions every tick; adopt in-flight timers on takeover."""
         await self.ring_clock.run()
 
-    async def sample_lag(self) -> None:
-        """Consumer lag of every input partition this worker owns (Faust's and the firehose's)."""
-        lag = await self.units.lag()
+    async def faust_lag(self) -> dict[tuple[str, int], int]:
+        """Consumer lag of the Faust consumer's partitions."""
+        lag: dict[tuple[str, int], int] = {}
         try:
             consumer = self.app.consumer
             for tp in consumer.assignment():
@@ -225,30 +197,7 @@ class Worker:
                     lag[(tp.topic, tp.partition)] = max(0, high - pos)
         except Exception as exc:  # noqa: BLE001 - not started or rebalancing: report what we have
             log.debug("consumer lag unavailable this round (%s)", type(exc).__name__)
-        for (topic, partition), n in lag.items():
-            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(n)
-
-    async def sample_gauges(self) -> None:
-        """Refresh gauges computed from Redis (shared state: every worker reports the same
-        city-wide value for the shared ones; dashboards take max, not sum)."""
-        opened, open_levels = await self.incidents.incidents.open_counts()
-        for exercise, n in opened.items():
-            metrics.INCIDENTS_OPEN.labels("true" if exercise else "false").set(n)
-        levels: dict[str, int] = dict.fromkeys(("grid", "street", "district", "city"), 0)
-        for level in open_levels:
-            levels[level] = levels.get(level, 0) + 1
-        for name, n in levels.items():
-            metrics.ESCALATIONS_OPEN.labels(name).set(n)
-        metrics.CLOCKS_PENDING.set(await self.timers.pending(self.owned_partitions()))
-        await self.sample_lag()
-        known = set(self.settings.district_labels())
-        totals: dict[tuple[str, str], int] = {}
-        for (district, kind), n in (await self.store.available_counts()).items():
-            key = (district if district in known else "other", kind)
-            totals[key] = totals.get(key, 0) + n
-        for (district, kind), n in totals.items():
-            metrics.UNITS_AVAILABLE.labels(district, kind).set(n)
-        metrics.REGISTRY_CACHED.set(self.store.cached_units())
+        return lag
 
     def is_ready(self) -> bool:
         """True once the worker consumes all its inputs (and while its firehose process runs)."""
