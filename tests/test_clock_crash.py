@@ -56,7 +56,16 @@ def test_deadlines_fire_exactly_once_across_a_kill_9(new_settings, start_worker)
     ids = Counter(e["escalation_id"] for e in missed)
     expected = {f"{iid}:r1:ring_deadline_missed:0" for iid in incidents}
     assert set(ids) == expected, f"missing: {sorted(expected - set(ids))[:5]}"
-    assert max(ids.values()) == 1, f"fired twice: {[k for k, v in ids.items() if v > 1][:5]}"
+    # Fired once: a record may come twice only as the very same record — the outbox sent again
+    # after a kill between the broker's acknowledgement and the outbox's deletion (at-least-once
+    # with deterministic ids, DESIGN §4) — never as a second decision (another raised_at).
+    copies: dict[str, set[bytes]] = {}
+    for e in missed:
+        copies.setdefault(e["escalation_id"], set()).add(orjson.dumps(e, option=orjson.OPT_SORT_KEYS))
+    assert all(len(c) == 1 for c in copies.values()), \
+        f"fired twice: {[k for k, c in copies.items() if len(c) > 1][:5]}"
+    resent = [k for k, v in ids.items() if v > 1]
+    missed = [orjson.loads(next(iter(c))) for c in copies.values()]
     late_before, late_after = [], []
     for e in missed:
         due = datetime.fromisoformat(e["deadline_at"])
@@ -70,5 +79,6 @@ def test_deadlines_fire_exactly_once_across_a_kill_9(new_settings, start_worker)
     assert max(late_before) < 1.0
     assert max(late_after) <= restart_took + 1.0, (max(late_after), restart_took)
     print(f"\nrestart took {restart_took:.2f}s; lateness before kill max {max(late_before):.3f}s, "
-          f"after kill max {max(late_after):.3f}s; {len(late_before)}/{len(late_after)} fired before/after")
+          f"after kill max {max(late_after):.3f}s; {len(late_before)}/{len(late_after)} fired before/after; "
+          f"{len(resent)} sent again from the outbox")
     assert restarted.alive()
