@@ -77,8 +77,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.accelerate != 1.0:
             env["KAIFONG_TIME_SCALE"] = str(args.accelerate)
             env["KAIFONG_TIME_EPOCH"] = str(time.time())
+        # Children in sessions of their own (see streams.embedded.Service.start): on Ctrl-C this
+        # process stops the simulator, then the worker, then the broker and Redis, in that order.
         worker = subprocess.Popen([sys.executable, "-m", "kaifong.agents.cli", "worker", "--no-ensure-topics"],
-                                  env=env, stdin=subprocess.DEVNULL,
+                                  env=env, stdin=subprocess.DEVNULL, start_new_session=True,
                                   preexec_fn=_die_with_parent)  # noqa: PLW1509
         children.append(worker)
         if args.simulate:
@@ -86,7 +88,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             children.append(subprocess.Popen(
                 [sys.executable, "-m", "kaifong.agents.cli", "simulate", *args.sim_args.split()],
                 env=env, stdin=subprocess.DEVNULL, stdout=sim_log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent))  # noqa: PLW1509
+                start_new_session=True, preexec_fn=_die_with_parent))  # noqa: PLW1509
             print(f"             simulator running (log: {workdir / 'simulate.log'})", flush=True)
         while not stopping:
             for child in children:

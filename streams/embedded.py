@@ -96,9 +96,13 @@ class Service:
         if port_open(self.host, self.port):
             raise RuntimeError(f"{self.name}: port {self.host}:{self.port} is already in use")
         self._log = self.log_path.open("ab")
+        # A session of its own: a terminal's Ctrl-C (SIGINT to the whole foreground group) must
+        # reach only the parent, which stops its clients first and the broker and Redis last —
+        # not kill the broker under a worker still shutting down. It still dies with the parent.
         self.proc = subprocess.Popen(
             self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
