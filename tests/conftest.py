@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hypothesis  # noqa: F401 - imported up front: see the note below
 import pytest
@@ -55,13 +56,27 @@ def valkey_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 @pytest.fixture
-def store_redis(valkey_port: int) -> Iterator[object]:
-    """An asyncio Redis client on the store tests' Valkey, its database emptied first."""
+def with_store_redis(valkey_port: int) -> object:
+    """Runs an async test body with an asyncio Redis client on the store tests' Valkey (its
+    database emptied first; the client closed after)."""
+    import asyncio
+
     import redis
     import redis.asyncio as aioredis
 
-    redis.Redis(port=valkey_port).flushdb()
-    yield aioredis.Redis(port=valkey_port)
+    def run(body: Any) -> None:
+        redis.Redis(port=valkey_port).flushdb()
+
+        async def main() -> None:
+            client = aioredis.Redis(port=valkey_port)
+            try:
+                await body(client)
+            finally:
+                await client.aclose()
+
+        asyncio.run(main())
+
+    return run
 
 
 @dataclass

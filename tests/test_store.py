@@ -6,8 +6,6 @@ it left in Redis is read back (through kaifong.agents.store.keys, as the store n
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -25,15 +23,6 @@ from kaifong.agents.store.units import UnitStore
 NOW_MS = 1_764_403_200_000
 STALE_S = 60.0
 
-
-def run(store_redis: Any, body: Callable[[aioredis.Redis], Awaitable[None]]) -> None:
-    async def main() -> None:
-        try:
-            await body(store_redis)
-        finally:
-            await store_redis.aclose()
-
-    asyncio.run(main())
 
 
 async def register(r: aioredis.Redis, uid: str, kind: str = "post", lat: float = 23.1, lon: float = 113.3,
@@ -63,7 +52,7 @@ async def indexed(r: aioredis.Redis, uid: str, pool: str = "avail", kind: str = 
 
 
 # -- the runner ----------------------------------------------------------------------------------
-def test_every_lua_file_loads_and_includes_resolve(store_redis: Any) -> None:
+def test_every_lua_file_loads_and_includes_resolve(with_store_redis: Any) -> None:
     folder = resources.files("kaifong.agents.store").joinpath("lua")
     names = sorted(p.name.removesuffix(".lua") for p in folder.iterdir() if p.name.endswith(".lua"))
     assert {"units_status", "incident_apply", "timers_claim"} <= set(names)
@@ -74,21 +63,21 @@ def test_every_lua_file_loads_and_includes_resolve(store_redis: Any) -> None:
             assert "--! include" not in text
             assert await r.script_load(text)  # compiles
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_the_runner_reloads_a_script_redis_forgot(store_redis: Any) -> None:
+def test_the_runner_reloads_a_script_redis_forgot(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         scripts = Scripts(r, {"probe": "return ARGV[1]"})
         assert await scripts.run("probe", [], ["a"]) == b"a"
         await r.script_flush()
         assert await scripts.run("probe", [], ["b"]) == b"b"  # NOSCRIPT → loaded again, once
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
 # -- units -----------------------------------------------------------------------------------------
-def test_status_script_applies_in_order_and_refuses_stale_duplicate_and_illegal(store_redis: Any) -> None:
+def test_status_script_applies_in_order_and_refuses_stale_duplicate_and_illegal(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         await register(r, "u1")
         assert await indexed(r, "u1")
@@ -105,10 +94,10 @@ def test_status_script_applies_in_order_and_refuses_stale_duplicate_and_illegal(
         assert not await indexed(r, "u1") and not await indexed(r, "u1", "drill")
         assert (await r.hget(keys.unit_live("u1"), "lat")) == b"89.5"
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_candidates_release_and_sweep(store_redis: Any) -> None:
+def test_candidates_release_and_sweep(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         store = UnitStore(r, STALE_S)
         await register(r, "near", lat=23.1001)
@@ -127,10 +116,10 @@ def test_candidates_release_and_sweep(store_redis: Any) -> None:
         assert await store.sweep_stale(NOW_MS + int(STALE_S * 1000) + 1) == 2
         assert not await indexed(r, "far") and await r.hget(keys.unit_live("far"), "stale") == b"1"
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_the_dispatchable_rule_is_the_same_in_lua_and_python(store_redis: Any) -> None:
+def test_the_dispatchable_rule_is_the_same_in_lua_and_python(with_store_redis: Any) -> None:
     """lua/lib/dispatchable.lua's geo_set_of and core.units.geo_pool, over every combination."""
     lua = source("units_status").split("local now = ARGV[1]")[0]  # the library, no body
     probe = lua + "\nreturn geo_set_of(ARGV[1] ~= '' and ARGV[1] or nil, ARGV[2], ARGV[3] ~= '' and ARGV[3] or nil," \
@@ -150,7 +139,7 @@ def test_the_dispatchable_rule_is_the_same_in_lua_and_python(store_redis: Any) -
                             want = f"kf:geo:{pool}:{kind}".encode() if pool else None
                             assert got == want, (kind, value, reserved, lat, stale)
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
 # -- incidents --------------------------------------------------------------------------------------
@@ -159,7 +148,7 @@ def _doc(incident_id: str = "i1", partition: int = 1, exercise: bool = False) ->
             "assignments": None, "escalations": {}, "applied": [], "report": {}}
 
 
-def test_open_creates_once_searches_and_recognises_a_processed_report(store_redis: Any) -> None:
+def test_open_creates_once_searches_and_recognises_a_processed_report(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         await register(r, "u1")
         store = IncidentStore(r, "t.", STALE_S, Scripts(r))
@@ -172,10 +161,10 @@ def test_open_creates_once_searches_and_recognises_a_processed_report(store_redi
         await r.set(keys.seen("incident-reported", "r-i1"), "1")
         assert await store.open(fresh, keys.seen("incident-reported", "r-i1"), []) is None
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_apply_reserves_all_or_nothing_and_stores_the_whole_change(store_redis: Any) -> None:
+def test_apply_reserves_all_or_nothing_and_stores_the_whole_change(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         for uid in ("a", "b"):
             await register(r, uid)
@@ -210,10 +199,10 @@ def test_apply_reserves_all_or_nothing_and_stores_the_whole_change(store_redis: 
         assert await r.scard(keys.incident_units("i1")) == 0 and await indexed(r, "a") and await indexed(r, "b")
         assert not await r.sismember(keys.open_incidents("t.", False), "i1")
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_apply_refuses_a_stale_unit_and_one_of_the_wrong_pool(store_redis: Any) -> None:
+def test_apply_refuses_a_stale_unit_and_one_of_the_wrong_pool(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         await register(r, "a")
         await register(r, "d")
@@ -226,10 +215,10 @@ def test_apply_refuses_a_stale_unit_and_one_of_the_wrong_pool(store_redis: Any) 
         late = NOW_MS + int(STALE_S * 1000) + 1
         assert await store.apply(core.Change(doc=_doc("i2"), reserve=(("a", 1),)), [], late) == ["a"]
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_outbox_round_trip_and_parked_updates(store_redis: Any) -> None:
+def test_outbox_round_trip_and_parked_updates(with_store_redis: Any) -> None:
     records = [("t.x", None, b"\xe4\xb8\xad", [("ce_id", b"1")]), ("t.y", b"k", b"{}", [])]
     assert unpack(pack(records)) == records
 
@@ -244,11 +233,11 @@ def test_outbox_round_trip_and_parked_updates(store_redis: Any) -> None:
         await store.drop_parked("ghost")
         assert await store.parked("ghost") == []
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
 # -- timers --------------------------------------------------------------------------------------
-def test_timers_claim_what_is_due_and_reclaim_what_was_in_flight(store_redis: Any) -> None:
+def test_timers_claim_what_is_due_and_reclaim_what_was_in_flight(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         clock = RingClock(r, "t.")
         await clock.schedule(0, [("d|i1|1", NOW_MS), ("d|i1|2", NOW_MS + 1000)])
@@ -261,4 +250,4 @@ def test_timers_claim_what_is_due_and_reclaim_what_was_in_flight(store_redis: An
         await clock.cancel(0, ["d|i1|2"])
         assert await r.hlen(keys.timers_inflight("t.", 0)) == 0
 
-    run(store_redis, body)
+    with_store_redis(body)

@@ -7,9 +7,7 @@ read back through kaifong.agents.store.keys.
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,15 +23,6 @@ ISSUED = "2026-11-29T06:00:00+00:00"
 ISSUED_MS = 1_764_396_000_000
 DAY = "2026-11-29"
 
-
-def run(store_redis: Any, body: Callable[[aioredis.Redis], Awaitable[None]]) -> None:
-    async def main() -> None:
-        try:
-            await body(store_redis)
-        finally:
-            await store_redis.aclose()
-
-    asyncio.run(main())
 
 
 def record(drill_id: str = "drl-1", unit_id: str = "u-1") -> dict[str, Any]:
@@ -54,7 +43,7 @@ def test_the_issue_scripts_busy_table_is_core_busy() -> None:
     assert lua == core.BUSY
 
 
-def test_issue_creates_a_drill_once_and_only_for_an_idle_unit(store_redis: Any) -> None:
+def test_issue_creates_a_drill_once_and_only_for_an_idle_unit(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         store = DrillStore(r, PREFIX)
         await r.hset(keys.drills_planner(PREFIX), "u-1", "2026-10-01T06:00:00+00:00")  # type: ignore[misc]
@@ -89,10 +78,10 @@ def test_issue_creates_a_drill_once_and_only_for_an_idle_unit(store_redis: Any) 
         await r.hset(keys.unit_live("u-5"), "status", "available")  # type: ignore[misc]
         assert await issue(store, record("drl-5", "u-5")) == "new"
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_decide_counts_a_drill_once_and_closes_it(store_redis: Any) -> None:
+def test_decide_counts_a_drill_once_and_closes_it(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         store = DrillStore(r, PREFIX)
         assert await issue(store, record()) == "new"
@@ -118,10 +107,10 @@ def test_decide_counts_a_drill_once_and_closes_it(store_redis: Any) -> None:
         # A pass is the unit's drill: the planner keeps it.
         assert await r.hget(keys.drills_planner(PREFIX), "u-1") == ISSUED.encode()  # type: ignore[misc]
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_an_aborted_drill_gives_the_planner_the_previous_drill_back(store_redis: Any) -> None:
+def test_an_aborted_drill_gives_the_planner_the_previous_drill_back(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         store = DrillStore(r, PREFIX)
         await r.hset(keys.drills_planner(PREFIX), "u-1", "2026-10-01T06:00:00+00:00")  # type: ignore[misc]
@@ -146,10 +135,10 @@ def test_an_aborted_drill_gives_the_planner_the_previous_drill_back(store_redis:
         assert await store.unit_results("u-1") == []  # an aborted drill is not the unit's result
         assert await store.day_counts(DAY) == {"aborted": 2}
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_the_lease_is_held_by_one_holder_at_a_time(store_redis: Any) -> None:
+def test_the_lease_is_held_by_one_holder_at_a_time(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         store = DrillStore(r, PREFIX)
         a, b = store.lease("worker-a"), store.lease("worker-b")
@@ -165,10 +154,10 @@ def test_the_lease_is_held_by_one_holder_at_a_time(store_redis: Any) -> None:
         assert not await a.renew(15_000)
         assert await b.take(15_000)
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_a_day_is_planned_once_and_issued_from_its_plan(store_redis: Any) -> None:
+def test_a_day_is_planned_once_and_issued_from_its_plan(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         store = DrillStore(r, PREFIX)
         assert not await store.is_planned(DAY)
@@ -181,10 +170,10 @@ def test_a_day_is_planned_once_and_issued_from_its_plan(store_redis: Any) -> Non
         await store.drop_planned(due[0])
         assert [(p.unit_id, p.due_ms) for p in await store.due_planned(10_000)] == [("u-1", 2000)]
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_the_registry_as_orders_and_the_scheduler_read_it(store_redis: Any) -> None:
+def test_the_registry_as_orders_and_the_scheduler_read_it(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         store = DrillStore(r, PREFIX)
         for uid, grid in (("u-2", "G2"), ("u-1", "G1"), ("u-3", "G1")):
@@ -210,4 +199,4 @@ def test_the_registry_as_orders_and_the_scheduler_read_it(store_redis: Any) -> N
         await store.set_readiness("u-1", 0.123456)
         assert await r.hget(keys.READINESS, "u-1") == b"0.1235"  # type: ignore[misc]
 
-    run(store_redis, body)
+    with_store_redis(body)

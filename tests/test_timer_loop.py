@@ -7,7 +7,6 @@ tick counted and survived); both are driven here tick by tick.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,21 +26,12 @@ def count(metric: Any, label: str) -> float:
     return float(metric.labels(label)._value.get())
 
 
-def run(store_redis: Any, body: Any) -> None:
-    async def main() -> None:
-        try:
-            await body(store_redis)
-        finally:
-            await store_redis.aclose()
-
-    asyncio.run(main())
-
 
 def loop(clock: RingClock, fire: Any, **kw: Any) -> TimerLoop:
     return TimerLoop("test clock", clock, lambda: {0}, lambda: NOW, fire, 0.01, **kw)
 
 
-def test_ring_mode_fires_concurrently_and_reschedules_on_redis_errors(store_redis: Any) -> None:
+def test_ring_mode_fires_concurrently_and_reschedules_on_redis_errors(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         clock = RingClock(r, "tl1.")
         fired: list[str] = []
@@ -65,10 +55,10 @@ def test_ring_mode_fires_concurrently_and_reschedules_on_redis_errors(store_redi
             (b"d|down|", NOW_MS - 3), (b"d|later|", NOW_MS + 60_000)]
         assert await r.hkeys(clock.inflight_key(0)) == [b"d|down|"]  # type: ignore[misc]
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_drill_mode_leaves_a_timer_in_flight_and_readopts_it(store_redis: Any) -> None:
+def test_drill_mode_leaves_a_timer_in_flight_and_readopts_it(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         clock = RingClock(r, "tl2.")
         fired: list[str] = []
@@ -97,10 +87,10 @@ def test_drill_mode_leaves_a_timer_in_flight_and_readopts_it(store_redis: Any) -
         assert fired == ["x|orphan|", "x|orphan|"] and swept == [{0}]
         assert not await r.exists(clock.inflight_key(0), clock.due_key(0))
 
-    run(store_redis, body)
+    with_store_redis(body)
 
 
-def test_a_failed_tick_ends_the_loop_unless_it_survives(store_redis: Any) -> None:
+def test_a_failed_tick_ends_the_loop_unless_it_survives(with_store_redis: Any) -> None:
     async def body(r: aioredis.Redis) -> None:
         clock = RingClock(r, "tl3.")
 
@@ -116,4 +106,4 @@ def test_a_failed_tick_ends_the_loop_unless_it_survives(store_redis: Any) -> Non
         await loop(clock, fire, redis_label="tl3r", error_label="tl3", each_tick=broken, survive=True).tick()
         assert count(metrics.INTERNAL_ERRORS, "tl3") == failures + 1
 
-    run(store_redis, body)
+    with_store_redis(body)

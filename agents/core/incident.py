@@ -18,7 +18,7 @@ Timer members are ``kind|incident|arg``: ``d`` ring deadline (arg: ring), ``n`` 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -78,16 +78,12 @@ class Change:
     #: Seconds from an escalation's raising to its acknowledgement, with its level.
     acknowledged: tuple[str, float] | None = None
     renotified: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dispatched(self) -> list[str]:
         """The units this change assigns."""
         return [u["unit_id"] for b in self.assignments for u in b["units"]]
 
-    def with_reservation(self, decisions: list[RingDecision]) -> Change:
-        """The same change reserving the units of ``decisions``."""
-        return replace(self, reserve=tuple(chosen_units(decisions)))
 
 
 def _entry(body: dict[str, Any]) -> dict[str, Any]:

@@ -153,10 +153,6 @@ class Incidents:
             await self.send_all(records)
             await self.incidents.sent(incident_id)
 
-    async def _flush(self, incident_id: str, outbox: list[Record]) -> None:
-        """Re-send what an interrupted change left in the outbox."""
-        await self._send(incident_id, outbox)
-
     async def _commit(self, change: core.Change) -> None:
         """A change that reserves nothing: store it, send it, count it."""
         failed, records = await self._apply(change)
@@ -230,7 +226,7 @@ class Incidents:
         if opened.created:
             candidates: list[Candidate] | None = await self.store.found(opened.found)
         else:
-            await self._flush(incident_id, opened.outbox)  # replay: finish what was interrupted
+            await self._send(incident_id, opened.outbox)  # replay: finish what was interrupted
             if doc.get("assignments") is not None:
                 now = time.perf_counter()
                 return None, opened.early, now, now  # decided before: decide nothing new
@@ -270,7 +266,7 @@ class Incidents:
                 await self.park(update)
             return
         doc, outbox = got
-        await self._flush(incident_id, outbox)
+        await self._send(incident_id, outbox)  # what an interrupted change left
         change = core.updated(doc, update, self.clock())
         if change is not None:  # None: a replay of an update already applied
             await self._commit(change)
@@ -316,7 +312,7 @@ class Incidents:
             got = await self.incidents.load(incident_id)
             if got is not None:
                 doc, outbox = got
-                await self._flush(incident_id, outbox)
+                await self._send(incident_id, outbox)  # what an interrupted change left
                 if kind == "d":
                     await self._deadline(doc, int(arg))
                 elif kind == "n":

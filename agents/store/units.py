@@ -30,7 +30,6 @@ from kaifong.agents.core.matching import Candidate
 from kaifong.agents.store import keys
 from kaifong.agents.store.scripts import Scripts
 
-KINDS = ("post", "unit", "grid_team", "street_force", "professional")
 REGISTRY_CACHE_S = 30.0
 #: Units read and parsed per step when a pass goes over the whole city: ~1 ms of the event loop
 #: a step (1,000 held the incident flow up for ~6 ms a step).

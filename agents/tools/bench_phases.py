@@ -26,6 +26,16 @@ from kaifong.agents.tools.bench_stack import Rig, children, cpu_seconds, peak_rs
 from kaifong.streams import security
 
 
+async def output_reader(rig: Rig, topic: str) -> AIOKafkaConsumer:
+    """A consumer of one of the worker's output topics, from its end: what a phase produces."""
+    settings = rig.settings
+    consumer = AIOKafkaConsumer(rig.topic(topic), bootstrap_servers=settings.bootstrap_servers,
+                                fetch_max_wait_ms=settings.fetch_max_wait_ms, auto_offset_reset="latest",
+                                **security.aiokafka_kwargs(settings))
+    await consumer.start()
+    await consumer.seek_to_end()
+    return consumer
+
 async def baseline(rig: Rig, records: list[tuple[bytes, bytes]], drop_every: int = 0) -> float:
     """Plain aiokafka pass-through of the same events on the same broker (events/s).
 
@@ -147,12 +157,7 @@ async def incidents_under_load(rig: Rig, units: list[dict[str, Any]], status_rat
     gc.freeze()
     rng = random.Random(42)
     tag = uuid.uuid4().hex[:6]
-    consumer = AIOKafkaConsumer(rig.topic("dispatch.assignments.v1"),
-                                bootstrap_servers=settings.bootstrap_servers,
-                                fetch_max_wait_ms=settings.fetch_max_wait_ms, auto_offset_reset="latest",
-                                **security.aiokafka_kwargs(settings))
-    await consumer.start()
-    await consumer.seek_to_end()
+    consumer = await output_reader(rig, "dispatch.assignments.v1")
     incidents = await start_producer(settings, linger_ms=0)
     # The status traffic comes from a process of its own: generating 10,000+ events/s in
     # this one would delay the very timestamps this phase measures.
@@ -248,12 +253,7 @@ async def escalation_lateness(rig: Rig, units: list[dict[str, Any]], n: int = 10
     """1,000 open incidents whose ring-1 deadlines fall over ~10 s: lateness p50/p99 (ms)."""
     settings = rig.settings
     tag = uuid.uuid4().hex[:6]
-    consumer = AIOKafkaConsumer(rig.topic("incidents.escalations.v1"),
-                                bootstrap_servers=settings.bootstrap_servers,
-                                fetch_max_wait_ms=settings.fetch_max_wait_ms, auto_offset_reset="latest",
-                                **security.aiokafka_kwargs(settings))
-    await consumer.start()
-    await consumer.seek_to_end()
+    consumer = await output_reader(rig, "incidents.escalations.v1")
     producer = await start_producer(settings, linger_ms=5)
     target = settings.ring_table()[0].target_s
     base = datetime.now(UTC) - timedelta(seconds=target - 5)
