@@ -70,6 +70,9 @@ class SimConfig:
     heartbeat_interval_s: float = 10.0
     heartbeat_per: str = "unit"  # "unit" or "responder"
     incidents_per_hour: float = 120.0  # city-wide mean; the daily profile and bursts modulate it
+    #: The relative incident rate of each local (Guangzhou) hour; a flat profile makes a short
+    #: run's incident count independent of the hour of day it starts at.
+    daily_profile: tuple[float, ...] = DAILY_PROFILE
     burst_probability: float = 0.03  # chance an incident comes with 2–5 more nearby
     exercise_share: float = 0.05
     no_show_share: float = 0.08  # assigned units that never arrive
@@ -205,7 +208,8 @@ class Simulator:
 
     def rate_per_s(self, at: datetime) -> float:
         hour = (at + timedelta(hours=8)).hour  # local time in Guangzhou
-        return self.config.incidents_per_hour / 3600 * DAILY_PROFILE[hour] / (sum(DAILY_PROFILE) / 24)
+        profile = self.config.daily_profile
+        return self.config.incidents_per_hour / 3600 * profile[hour % len(profile)] / (sum(profile) / len(profile))
 
     async def incidents(self, stop: asyncio.Event) -> None:
         """A Poisson process of incidents (thinned by the daily profile), with bursts."""

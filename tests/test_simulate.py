@@ -28,7 +28,8 @@ def test_one_simulated_hour_at_60x(new_settings, start_worker) -> None:
                             escalation_renotify_s=600)
     worker = start_worker(settings)
     config = SimConfig(seed=11, units=1500, heartbeat_interval_s=600, incidents_per_hour=90, duration_s=3600,
-                       drain_s=1500)  # then 25 simulated minutes: every ring's deadline (≤ 20 min) passes
+                       drain_s=1500,  # then 25 simulated minutes: every ring's deadline (≤ 20 min) passes
+                       daily_profile=(1.0,))  # ~90 incidents whatever the hour (01:00 in Guangzhou gave 21)
     sim = Simulator(dataclasses.replace(settings), config)
     stats = asyncio.run(sim.run())
     assert stats["incidents"] >= 40, stats
