@@ -65,6 +65,7 @@ class Worker:
                                     concurrent=True, reschedule=True)
         self.drills = Drills(settings, self.redis, self.send_all, _now, self.owned_partitions, self.is_ready)
         self.incidents.on_dispatched = self.drills.abort_for_units
+        self.incidents.on_no_show = self.drills.count_no_shows
         self.units = UnitsIntake(settings, self.redis, self.store, _now)
         # The firehose in its own process (default) or inline: see kaifong.agents.flows.firehose.
         self.firehose = Supervisor(settings, self.units.joined) if settings.firehose == "process" else None

@@ -95,6 +95,7 @@ class IncidentUpdated(_Wire, namespace="kaifong.incident_update.v1"):
     note: str | None = None
     escalation_id: str | None = None
     by: str | None = None
+    reason: str | None = None
 
 
 class Venue(_Wire, namespace="kaifong.venue.v1"):
@@ -215,6 +216,16 @@ class UnitOnIncident(_Wire, namespace="kaifong.unit_on_incident.v1"):
     unit_id: str
     ring: int
     status: str
+    kind: str | None = None
+    eta_s: float | None = None
+    assigned_at: datetime | None = None
+    ack_due_at: datetime | None = None
+    acknowledged_at: datetime | None = None
+    en_route_at: datetime | None = None
+    on_scene_at: datetime | None = None
+    released_at: datetime | None = None
+    decline_reason: str | None = None
+    stuck: bool | None = None
 
 
 class IncidentState(_Wire, namespace="kaifong.incident_state.v1"):
@@ -235,6 +246,8 @@ class IncidentState(_Wire, namespace="kaifong.incident_state.v1"):
     grid: str | None = None
     source: str | None = None
     escalation_level: str | None = None
+    needs_met_at: datetime | None = None
+    needs_met_s: float | None = None
 
 
 class DrillIssued(_Wire, namespace="kaifong.drill_issued.v1"):

@@ -76,6 +76,27 @@ RENOTIFICATIONS = Counter("kaifong_escalation_renotifications_total", "Re-notifi
 ESCALATION_LATENESS = Histogram("kaifong_escalation_lateness_seconds", "raised_at − deadline_at of deadline "
                                 "escalations: how late the clock fired.",
                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+# -- response segments and responders (event time) --------------------------------------------
+#: Segment buckets around the standards: NENA 15 s, NFPA turnout 60/80 s, travel 240 s, and the
+#: default acknowledgement windows (20/59/99 s) and ring targets.
+_SEGMENT_BUCKETS = (10, 15, 20, 30, 45, 60, 80, 120, 180, 240, 300, 600)
+SEGMENTS = ("acknowledgement", "turnout", "travel")
+SEGMENT = Histogram("kaifong_response_segment_seconds", "Per assigned unit, real incidents: acknowledgement "
+                    "(assigned → acknowledged), turnout (assigned → en route), travel (en route → on scene), "
+                    "by ring, unit kind and district (event time).", ["segment", "ring", "kind", "district"],
+                    buckets=_SEGMENT_BUCKETS)
+NEEDS_MET = Histogram("kaifong_needs_met_seconds", "Real incidents: reported → the run card's responders and "
+                      "equipment on scene (event time), by district.", ["district"], buckets=_RESPONSE_BUCKETS)
+NO_SHOWS = Counter("kaifong_unit_no_shows_total", "Assigned units that neither acknowledged nor moved within "
+                   "their acknowledgement window: released and replaced.", ["ring", "district", "exercise"])
+DECLINES = Counter("kaifong_unit_declines_total", "Assignments declined by their unit: released and replaced.",
+                   ["ring", "district", "reason", "exercise"])
+STUCK = Counter("kaifong_units_stuck_total", "Units en route far beyond their ETA (KAIFONG_STUCK_FACTOR), flagged "
+                "on the incident.", ["ring", "district", "exercise"])
+REDISPATCHES = Counter("kaifong_redispatches_total", "Rings decided again before their deadline, by cause.",
+                       ["ring", "cause", "exercise"])
+DECLINE_REASONS = ("busy", "unreachable", "no_capacity", "off_duty", "other")
+REDISPATCH_CAUSES = ("no_show", "declined", "stuck", "severity")
 ESCALATION_ACK = Histogram("kaifong_escalation_ack_seconds", "Escalation raised → acknowledged.", ["level"],
                            buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600))
 ESCALATIONS_OPEN = Gauge("kaifong_escalations_unacknowledged", "Escalations raised and not yet acknowledged "
@@ -137,6 +158,25 @@ def init_labels(settings: Settings) -> None:
                 RESPONSE.labels(str(ring.number), district, exercise)
                 for outcome in ("met", "breached"):
                     RING_OUTCOMES.labels(str(ring.number), district, outcome, exercise)
+    kinds = ("post", "unit", "grid_team", "street_force", "professional")
+    for ring in settings.ring_table():
+        r = str(ring.number)
+        for exercise in ("false", "true"):
+            for cause in REDISPATCH_CAUSES:
+                REDISPATCHES.labels(r, cause, exercise)
+        for district in districts:
+            for exercise in ("false", "true"):
+                NO_SHOWS.labels(r, district, exercise)
+                STUCK.labels(r, district, exercise)
+                for reason in DECLINE_REASONS:
+                    DECLINES.labels(r, district, reason, exercise)
+            # Segments per kind only where a ring dispatches that kind (rings 1-2: posts and
+            # units on foot; ring 3 grid teams, 4 street forces, 5 professionals).
+            for kind in (kinds[:2] if ring.number <= 2 else kinds[ring.number - 1:ring.number]):
+                for segment in SEGMENTS:
+                    SEGMENT.labels(segment, r, kind, district)
+    for district in districts:
+        NEEDS_MET.labels(district)
     for level in ("grid", "street", "district", "city"):
         ESCALATIONS_OPEN.labels(level)
         ESCALATION_ACK.labels(level)

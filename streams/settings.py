@@ -159,6 +159,17 @@ class Settings:
                           "metric label takes (anything else is counted as `other`).")
     escalation_renotify_s: float = _opt("KAIFONG_ESCALATION_RENOTIFY_S", 60.0,
                                         "Re-notify an unacknowledged escalation this often.")
+    ack_window_fraction: float = _opt("KAIFONG_ACK_WINDOW_FRACTION", 0.33,
+                                      "An assigned unit that neither acknowledges nor moves within this fraction "
+                                      "of its ring's target (ring 1: 60 s x 0.33 = 20 s) is a no-show: released, "
+                                      "counted, and its ring re-dispatched at once.")
+    ack_windows: str = _opt("KAIFONG_ACK_WINDOWS", "",
+                            "Acknowledgement windows per ring in seconds, `ring:seconds,...` (e.g. `1:15,2:45`); "
+                            "rings not named use KAIFONG_ACK_WINDOW_FRACTION of their target.")
+    stuck_factor: float = _opt("KAIFONG_STUCK_FACTOR", 2.0,
+                               "A unit en route for longer than this many times its ETA (and at least 60 s "
+                               "more) is flagged stuck, counted, and its ring re-dispatched when it is still "
+                               "pending.")
     early_update_hold_s: float = _opt("KAIFONG_EARLY_UPDATE_HOLD_S", 30.0,
                                       "How long an update that arrives before its incident's report "
                                       "is held before it is dead-lettered.")
@@ -239,6 +250,11 @@ class Settings:
         values.update(overrides)
         settings = cls(**values)
         settings.ring_table()  # fail at start, not at the first incident
+        settings.ack_window_table()
+        if not 0 < settings.ack_window_fraction <= 1:
+            raise ValueError(f"KAIFONG_ACK_WINDOW_FRACTION={settings.ack_window_fraction!r}: expected 0 < x <= 1")
+        if not settings.stuck_factor >= 1:
+            raise ValueError(f"KAIFONG_STUCK_FACTOR={settings.stuck_factor!r}: expected >= 1")
         if settings.firehose not in ("process", "inline"):
             raise ValueError(f"KAIFONG_FIREHOSE={settings.firehose!r}: expected process or inline")
         return settings
@@ -246,6 +262,25 @@ class Settings:
     def ring_table(self) -> tuple[Ring, ...]:
         """The configured rings, parsed."""
         return parse_rings(self.rings)
+
+    def ack_window_table(self) -> dict[int, float]:
+        """Acknowledgement window (s) of every configured ring.
+
+        >>> Settings(ack_windows="1:15").ack_window_table()
+        {1: 15.0, 2: 59.4, 3: 99.0, 4: 198.0, 5: 396.0}
+        """
+        table = {r.number: round(r.target_s * self.ack_window_fraction, 1) for r in self.ring_table()}
+        for item in filter(None, (x.strip() for x in self.ack_windows.split(","))):
+            ring, sep, seconds = item.partition(":")
+            try:
+                number, value = int(ring), float(seconds)
+            except ValueError:
+                number, value = -1, -1.0
+            if not sep or number not in table or not value > 0:
+                raise ValueError(f"KAIFONG_ACK_WINDOWS={self.ack_windows!r}: expected ring:seconds for "
+                                 f"configured rings with seconds > 0, e.g. 1:15,2:45")
+            table[number] = value
+        return table
 
     @property
     def bootstrap_servers(self) -> list[str]:

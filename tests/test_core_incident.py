@@ -21,6 +21,7 @@ from kaifong.streams.settings import Settings
 T0 = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
 RINGS = Settings().ring_table()
 RENOTIFY_S = 60.0
+POLICY = core.Policy(renotify_s=RENOTIFY_S, ack_windows=Settings().ack_window_table())
 
 
 def report(incident_id: str = "i1", **kw: Any) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def opened(rep: dict[str, Any], candidates: list[Candidate], now: datetime = T0)
     doc = core.fresh_document(rep, RINGS, now, partition=2)
     view = dispatch.view_of(doc["report"])
     decisions = decide(doc, core.first_rings(view.severity, RINGS), candidates)
-    return core.reported(doc, view, decisions, now, RENOTIFY_S)
+    return core.reported(doc, view, decisions, now, POLICY)
 
 
 def stored(change: core.Change) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def test_no_candidate_escalates_at_once_renotifies_until_acknowledged() -> None:
     renotify_at = {m: due for m, due in change.timers_set if m.startswith("n|")}
     assert renotify_at[f"n|i1|{esc_id}"] == int(T0.timestamp() * 1000) + 60_000
     # Re-notified every minute, numbered, until acknowledged.
-    again = core.renotify(doc, esc_id, T0 + timedelta(seconds=60), RENOTIFY_S)
+    again = core.renotify(doc, esc_id, T0 + timedelta(seconds=60), POLICY)
     assert again is not None and again.renotified is not None
     assert again.renotified["notification"] == 1
     assert published(again, "escalation")[0]["raised_at"] == (T0 + timedelta(seconds=60)).isoformat()
@@ -109,7 +110,7 @@ def test_no_candidate_escalates_at_once_renotifies_until_acknowledged() -> None:
     assert ack.timers_clear == (f"n|i1|{esc_id}",) and ack.escalations_closed == (esc_id,)
     doc = stored(ack)
     assert doc["escalations"][esc_id]["acked_by"] == "seat-3"
-    assert core.renotify(doc, esc_id, T0 + timedelta(seconds=120), RENOTIFY_S) is None
+    assert core.renotify(doc, esc_id, T0 + timedelta(seconds=120), POLICY) is None
     # A second acknowledgement changes nothing but is recorded; an unknown one is refused.
     twice = core.acknowledge(doc, update("escalation_acknowledged", T0 + timedelta(seconds=95),
                                          escalation_id=esc_id, by="seat-4"))
@@ -132,7 +133,7 @@ def breach_at(doc: dict[str, Any], ring: int, at: datetime, candidates: list[Can
     b = core.breach(doc, ring, at, dispatch.view_of(doc["report"], doc["state"]["severity"]))
     if b is None:
         return None
-    return core.breached(doc, b, decide(doc, [ring], candidates, b.exclude), at, RENOTIFY_S)
+    return core.breached(doc, b, decide(doc, [ring], candidates, b.exclude), at, POLICY)
 
 
 def test_deadline_breach_escalates_once_with_a_wider_redispatch() -> None:
@@ -150,7 +151,8 @@ def test_deadline_breach_escalates_once_with_a_wider_redispatch() -> None:
     assert [k for k, _ in change.publish] == ["escalation", "assignment", "state"]
     assert stored(change)["state"]["rings"][0]["state"] == "breached"
     assert change.ring_changes == (core.clock.RingChange(1, "breached", None),)
-    assert change.timers_set == ((f"n|i1|{esc['escalation_id']}", int(at.timestamp() * 1000) + 60_000),)
+    assert change.timers_set == ((f"n|i1|{esc['escalation_id']}", int(at.timestamp() * 1000) + 60_000),
+                                 ("w|i1|p9", core.due_ms(at + timedelta(seconds=POLICY.ack_windows[1]))))
     # The timer firing again (a takeover, a replay) changes nothing.
     assert breach_at(stored(change), 1, at + timedelta(seconds=1), CITY) is None
 
@@ -195,7 +197,7 @@ def test_resolved_before_deadline_stops_every_clock_and_frees_the_units() -> Non
     assert set(change.timers_clear) == {f"d|i1|{r.number}" for r in RINGS} | {f"n|i1|{e}" for e in doc["escalations"]}
     for r in RINGS:
         assert breach_at(stored(change), r.number, T0 + timedelta(seconds=2000), CITY) is None
-    assert core.renotify(stored(change), next(iter(doc["escalations"])), T0 + timedelta(seconds=60), RENOTIFY_S) is None
+    assert core.renotify(stored(change), next(iter(doc["escalations"])), T0 + timedelta(seconds=60), POLICY) is None
 
 
 def test_a_replayed_update_changes_nothing() -> None:

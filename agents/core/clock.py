@@ -92,6 +92,10 @@ def _next(state: dict[str, Any], now: datetime) -> dict[str, Any]:
             "units": [dict(u) for u in state["units"]], "rings": [dict(r) for r in state["rings"]]}
 
 
+#: A copy of a state one version on (for decisions outside this module).
+next_version = _next
+
+
 def ring_of(state: dict[str, Any], number: int) -> dict[str, Any] | None:
     """The ring entry ``number`` of a state, if configured."""
     return next((r for r in state["rings"] if r["ring"] == number), None)

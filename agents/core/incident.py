@@ -11,91 +11,58 @@ without the caller's contact), ``assignments`` (every assignment body, None unti
 decision is stored), ``escalations`` (id → body, acknowledgement, notifications), ``applied``
 (the last update event ids) and ``partition`` (whose timers these are).
 
-Timer members are ``kind|incident|arg``: ``d`` ring deadline (arg: ring), ``n`` re-notification
-(arg: escalation id), ``e`` expiry of updates parked before their report.
+Timer members: see :mod:`kaifong.agents.core.change`. The follow-up with the units (answers,
+declines, no-shows, stuck units, severity changes) is :mod:`kaifong.agents.core.responders`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from kaifong.agents.core import clock
+from kaifong.agents.core import clock, responders
+from kaifong.agents.core.change import (
+    Change,
+    Policy,
+    Publish,
+    Redispatch,
+    assign,
+    due_ms,
+    entry,
+    next_attempt,
+    opened,
+    parse_timer,
+    pool_of,
+    renotify_timer,
+    timer,
+    tried,
+)
 from kaifong.agents.core.dispatch import assignment_body, chosen_units
 from kaifong.agents.core.errors import Refused
 from kaifong.agents.core.matching import IncidentView, RingDecision
 from kaifong.streams.settings import Ring
 
+__all__ = [
+    "Breach",
+    "Change",
+    "Policy",
+    "Redispatch",
+    "breach",
+    "breached",
+    "due_ms",
+    "first_rings",
+    "fresh_document",
+    "parse_timer",
+    "redispatched",
+    "renotify",
+    "reported",
+    "timer",
+    "updated",
+]
+
 #: Applied update ids remembered per incident (idempotency beyond the dedupe window).
-APPLIED_KEEP = 500
-
-#: What a change publishes: ("assignment" | "escalation" | "state", body). The flow encodes
-#: them for their topics (with CloudEvents headers) before the store keeps them in the outbox.
-Publish = tuple[str, dict[str, Any]]
-
-
-def timer(kind: str, incident_id: str, arg: str = "") -> str:
-    """A timer's member string: kind (d=deadline, n=re-notify, e=early-update expiry), id, arg."""
-    return f"{kind}|{incident_id}|{arg}"
-
-
-def parse_timer(value: str) -> tuple[str, str, str]:
-    """``(kind, incident_id, arg)`` of a timer member string."""
-    kind, incident_id, arg = value.split("|", 2)
-    return kind, incident_id, arg
-
-
-def due_ms(t: datetime) -> int:
-    """A timer's due time in ms, rounded up: a timer claimed at its due millisecond must never
-    fire before the deadline."""
-    return math.ceil(t.timestamp() * 1000)
-
-
-@dataclass(frozen=True)
-class Change:
-    """One decision's effects, applied together or not at all."""
-
-    doc: dict[str, Any]
-    publish: tuple[Publish, ...] = ()
-    #: ``(unit_id, ring)`` to reserve for this incident in ``pool`` (all or none).
-    reserve: tuple[tuple[str, int], ...] = ()
-    pool: str = "avail"
-    #: Release every unit the incident holds (it closed).
-    release_all: bool = False
-    timers_set: tuple[tuple[str, int], ...] = ()
-    timers_clear: tuple[str, ...] = ()
-    #: Real escalations now open (id, level) / no longer open (id): the open-escalations gauge.
-    escalations_opened: tuple[tuple[str, str], ...] = ()
-    escalations_closed: tuple[str, ...] = ()
-    #: The incident leaves the open set (resolved or cancelled).
-    close: bool = False
-    # -- facts for the flow to count and tell (no metrics in core) ---------------------------
-    assignments: tuple[dict[str, Any], ...] = ()
-    escalations: tuple[dict[str, Any], ...] = ()
-    ring_changes: tuple[clock.RingChange, ...] = ()
-    #: Seconds from an escalation's raising to its acknowledgement, with its level.
-    acknowledged: tuple[str, float] | None = None
-    renotified: dict[str, Any] | None = None
-
-    @property
-    def dispatched(self) -> list[str]:
-        """The units this change assigns."""
-        return [u["unit_id"] for b in self.assignments for u in b["units"]]
-
-
-
-def _entry(body: dict[str, Any]) -> dict[str, Any]:
-    return {"body": body, "acked_at": None, "acked_by": None, "notifications": 0}
-
-
-def _opened(escalations: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
-    return tuple((e["escalation_id"], e["level"]) for e in escalations if not e["exercise"])
-
-
-def _pool(state: dict[str, Any]) -> str:
-    return "drill" if state["exercise"] else "avail"
+APPLIED_KEEP = responders.APPLIED_KEEP
 
 
 # -- reports ---------------------------------------------------------------------------------
@@ -113,12 +80,12 @@ def first_rings(severity: int, ring_table: tuple[Ring, ...]) -> list[int]:
 
 
 def reported(doc: dict[str, Any], view: IncidentView, decisions: list[RingDecision], now: datetime,
-             renotify_s: float) -> Change:
+             policy: Policy) -> Change:
     """A report's first decision: assignments, the severity-1 and no-candidate escalations, the
-    ring deadlines and re-notification timers, and the new state."""
+    ring deadlines, acknowledgement windows and re-notification timers, and the new state."""
     incident_id = view.incident_id
     bodies = [assignment_body(incident_id, d, 0, now, view.exercise) for d in decisions]
-    state = clock.with_assignments(doc["state"], bodies, now)
+    state, windows = assign(doc["state"], bodies, now, policy)
     escalations: list[dict[str, Any]] = []
     if view.severity == 1:
         state, body = clock.escalate(state, 1, "severity", now)
@@ -128,16 +95,16 @@ def reported(doc: dict[str, Any], view: IncidentView, decisions: list[RingDecisi
             state, body = clock.escalate(state, d.ring, "no_candidate", now)
             escalations.append(body)
     new = {**doc, "state": state, "assignments": bodies,
-           "escalations": {**doc["escalations"], **{e["escalation_id"]: _entry(e) for e in escalations}}}
+           "escalations": {**doc["escalations"], **{e["escalation_id"]: entry(e) for e in escalations}}}
     timers = [(timer("d", incident_id, str(r["ring"])), due_ms(clock.parse_time(r["deadline_at"])))
               for r in state["rings"] if r["state"] == "pending"]
-    timers += [(timer("n", incident_id, e["escalation_id"]), due_ms(now) + int(renotify_s * 1000))
-               for e in escalations]
+    timers += [renotify_timer(e, now, policy) for e in escalations]
+    timers += windows
     publish: list[Publish] = [("assignment", b) for b in bodies]
     publish += [("escalation", e) for e in escalations]
     publish.append(("state", state))
-    return Change(doc=new, publish=tuple(publish), reserve=tuple(chosen_units(decisions)), pool=_pool(state),
-                  timers_set=tuple(timers), escalations_opened=_opened(escalations),
+    return Change(doc=new, publish=tuple(publish), reserve=tuple(chosen_units(decisions)), pool=pool_of(state),
+                  timers_set=tuple(timers), escalations_opened=opened(escalations),
                   assignments=tuple(bodies), escalations=tuple(escalations))
 
 
@@ -165,40 +132,67 @@ def breach(doc: dict[str, Any], ring: int, now: datetime, view: IncidentView) ->
     attempt = sum(1 for e in doc["escalations"].values()
                   if e["body"]["ring"] == ring and e["body"]["reason"] == "ring_deadline_missed")
     state, esc = clock.escalate(state, ring, "ring_deadline_missed", now, attempt)
-    assignments = doc["assignments"] or []
-    tried = frozenset(u["unit_id"] for b in assignments for u in b["units"])
-    re_attempt = 1 + max((b["attempt"] for b in assignments if b["ring"] == ring), default=0)
-    return Breach(ring, state, esc, tried, re_attempt, view)
+    return Breach(ring, state, esc, tried(doc), max(1, next_attempt(doc, ring)), view)
 
 
 def breached(doc: dict[str, Any], b: Breach, decisions: list[RingDecision], now: datetime,
-             renotify_s: float) -> Change:
+             policy: Policy) -> Change:
     """The breach stored with its re-dispatch: escalation first, then the new assignments."""
     incident_id = b.state["incident_id"]
     bodies = [assignment_body(incident_id, d, b.attempt, now, b.state["exercise"]) for d in decisions]
-    state = clock.with_assignments(b.state, bodies, now)
+    state, windows = assign(b.state, bodies, now, policy)
     esc = b.escalation
     new = {**doc, "state": state, "assignments": [*(doc["assignments"] or []), *bodies],
-           "escalations": {**doc["escalations"], esc["escalation_id"]: _entry(esc)}}
+           "escalations": {**doc["escalations"], esc["escalation_id"]: entry(esc)}}
     publish: list[Publish] = [("escalation", esc), *(("assignment", body) for body in bodies), ("state", state)]
-    return Change(doc=new, publish=tuple(publish), reserve=tuple(chosen_units(decisions)), pool=_pool(state),
-                  timers_set=((timer("n", incident_id, esc["escalation_id"]), due_ms(now) + int(renotify_s * 1000)),),
-                  escalations_opened=_opened([esc]), assignments=tuple(bodies), escalations=(esc,),
+    return Change(doc=new, publish=tuple(publish), reserve=tuple(chosen_units(decisions)), pool=pool_of(state),
+                  timers_set=(renotify_timer(esc, now, policy), *windows),
+                  escalations_opened=opened([esc]), assignments=tuple(bodies), escalations=(esc,),
                   ring_changes=(clock.RingChange(b.ring, "breached", None),))
 
 
+# -- decided again ---------------------------------------------------------------------------
+def redispatched(r: Redispatch, decisions: list[RingDecision], now: datetime, policy: Policy) -> Change:
+    """A ring decided again (no-show, decline, stuck unit, severity upgrade), stored with what
+    the event itself changed; when nobody could be found, the escalation ``r`` names."""
+    doc = r.base.doc
+    state = doc["state"]
+    incident_id = state["incident_id"]
+    bodies = [assignment_body(incident_id, d, next_attempt(doc, d.ring), now, state["exercise"]) for d in decisions]
+    state, windows = assign(state, bodies, now, policy)
+    escalations = list(r.base.escalations)
+    raised: list[dict[str, Any]] = []
+    for d in decisions:
+        if r.escalate_if_short and not d.units and d.reason != "needs_met":
+            attempt = sum(1 for e in doc["escalations"].values()
+                          if e["body"]["ring"] == d.ring and e["body"]["reason"] == r.escalate_if_short)
+            state, esc = clock.escalate(state, d.ring, r.escalate_if_short, now, attempt)
+            raised.append(esc)
+    escalations += raised
+    new = {**doc, "state": state, "assignments": [*(doc["assignments"] or []), *bodies],
+           "escalations": {**doc["escalations"], **{e["escalation_id"]: entry(e) for e in raised}}}
+    publish: list[Publish] = [("escalation", e) for e in escalations]
+    publish += [("assignment", b) for b in bodies]
+    publish.append(("state", state))
+    return replace(r.base, doc=new, publish=tuple(publish), reserve=tuple(chosen_units(decisions)),
+                   pool=pool_of(state),
+                   timers_set=(*r.base.timers_set, *windows, *(renotify_timer(e, now, policy) for e in raised)),
+                   escalations_opened=(*r.base.escalations_opened, *opened(raised)),
+                   assignments=tuple(bodies), escalations=tuple(escalations),
+                   redispatched=tuple((d.ring, r.cause) for d in decisions))
+
+
 # -- re-notifications and acknowledgements ---------------------------------------------------
-def renotify(doc: dict[str, Any], esc_id: str, now: datetime, renotify_s: float) -> Change | None:
-    """Tell an unacknowledged escalation again (and again after ``renotify_s``), or None when
-    it was acknowledged or the incident closed."""
-    entry = doc["escalations"].get(esc_id)
-    if entry is None or entry["acked_at"] is not None or doc["state"]["status"] in clock.TERMINAL:
+def renotify(doc: dict[str, Any], esc_id: str, now: datetime, policy: Policy) -> Change | None:
+    """Tell an unacknowledged escalation again (and again after ``policy.renotify_s``), or None
+    when it was acknowledged or the incident closed."""
+    e = doc["escalations"].get(esc_id)
+    if e is None or e["acked_at"] is not None or doc["state"]["status"] in clock.TERMINAL:
         return None
-    n = entry["notifications"] + 1
-    body = {**entry["body"], "notification": n, "raised_at": now.isoformat()}
-    new = {**doc, "escalations": {**doc["escalations"], esc_id: {**entry, "notifications": n}}}
-    return Change(doc=new, publish=(("escalation", body),),
-                  timers_set=((timer("n", doc["state"]["incident_id"], esc_id), due_ms(now) + int(renotify_s * 1000)),),
+    n = e["notifications"] + 1
+    body = {**e["body"], "notification": n, "raised_at": now.isoformat()}
+    new = {**doc, "escalations": {**doc["escalations"], esc_id: {**e, "notifications": n}}}
+    return Change(doc=new, publish=(("escalation", body),), timers_set=(renotify_timer(e["body"], now, policy),),
                   renotified=body)
 
 
@@ -207,29 +201,44 @@ def acknowledge(doc: dict[str, Any], update: dict[str, Any]) -> Change:
     for an escalation the incident does not have; a second acknowledgement changes nothing
     but is recorded as applied."""
     esc_id = str(update.get("escalation_id") or "")
-    entry = doc["escalations"].get(esc_id)
-    if entry is None:
+    e = doc["escalations"].get(esc_id)
+    if e is None:
         raise Refused("clock", "unknown_escalation", f"no escalation {esc_id!r} on incident {update['incident_id']}")
     new = {**doc, "applied": [*doc["applied"], update["event_id"]][-APPLIED_KEEP:]}
-    if entry["acked_at"] is not None:
+    if e["acked_at"] is not None:
         return Change(doc=new, escalations_closed=(esc_id,))
     at = clock.parse_time(update["at"])
-    raised = clock.parse_time(entry["body"]["raised_at"])
+    raised = clock.parse_time(e["body"]["raised_at"])
     new["escalations"] = {**doc["escalations"],
-                          esc_id: {**entry, "acked_at": update["at"], "acked_by": update.get("by")}}
+                          esc_id: {**e, "acked_at": update["at"], "acked_by": update.get("by")}}
     return Change(doc=new, timers_clear=(timer("n", update["incident_id"], esc_id),), escalations_closed=(esc_id,),
-                  acknowledged=(entry["body"]["level"], max(0.0, (at - raised).total_seconds())))
+                  acknowledged=(e["body"]["level"], max(0.0, (at - raised).total_seconds())))
 
 
-# -- milestones ------------------------------------------------------------------------------
-def updated(doc: dict[str, Any], update: dict[str, Any], now: datetime) -> Change | None:
-    """A milestone (acknowledged, en route, on scene, resolved, cancelled…) applied, or None
-    for a replay of an update already applied. A terminal status stops every clock of the
-    incident and frees its units. Refused as :func:`kaifong.agents.core.clock.apply_update` says."""
+# -- updates ---------------------------------------------------------------------------------
+def updated(doc: dict[str, Any], update: dict[str, Any], now: datetime, policy: Policy | None = None
+            ) -> Change | Redispatch | None:
+    """An update applied, or None for a replay of an update already applied: a unit's answer
+    (:mod:`kaifong.agents.core.responders`), a severity change, an escalation's acknowledgement,
+    or the incident's own milestone. A terminal status stops every clock of the incident and
+    frees its units. Refused as :func:`kaifong.agents.core.clock.apply_update` says, and for an
+    answer from a unit the incident does not hold (``unit_not_assigned``)."""
+    policy = policy or Policy()
     if update["event_id"] in doc["applied"]:
         return None
-    if update["kind"] == "escalation_acknowledged":
+    kind = update["kind"]
+    if kind == "escalation_acknowledged":
         return acknowledge(doc, update)
+    if doc["state"]["status"] in clock.TERMINAL:
+        raise Refused("clock", "incident_closed", f"incident is already {doc['state']['status']}")
+    if kind == "declined":
+        if not update.get("unit_id"):
+            raise Refused("clock", "missing_field", "declined needs the unit_id of the unit that declines")
+        return responders.declined(doc, update, now, policy)
+    if kind == "severity_changed":
+        return responders.severity_changed(doc, update, now, policy)
+    if kind in responders.UNIT_ANSWERS and update.get("unit_id"):
+        return responders.answered(doc, update, now, policy)
     state, changes = clock.apply_update(doc["state"], update, now)
     new = {**doc, "state": state, "applied": [*doc["applied"], update["event_id"]][-APPLIED_KEEP:]}
     change = Change(doc=new, publish=(("state", state),), ring_changes=tuple(changes))
@@ -238,4 +247,5 @@ def updated(doc: dict[str, Any], update: dict[str, Any], now: datetime) -> Chang
     incident_id = state["incident_id"]
     clear = [timer("d", incident_id, str(r["ring"])) for r in state["rings"]]
     clear += [timer("n", incident_id, e) for e in doc["escalations"]]
+    clear += [timer(k, incident_id, u["unit_id"]) for u in state["units"] for k in ("w", "s")]
     return replace(change, timers_clear=tuple(clear), release_all=True, close=True)

@@ -234,6 +234,16 @@ class DrillResponses:
         await self._send_result(drill, result)
         return str(outcome)
 
+    async def count_no_shows(self, unit_ids: Iterable[str], at: datetime) -> None:
+        """Units released as no-shows from a real or exercise incident: each counts in its
+        readiness as an unanswered drill would (``no_answer``). Never fails the incident flow."""
+        for unit_id in unit_ids:
+            try:
+                await self.store.add_unit_result(unit_id, {"at": at.isoformat(), "outcome": "no_answer"})
+                await self.store.set_readiness(unit_id, core.readiness_of(await self.store.unit_results(unit_id), at))
+            except Exception:
+                log.exception("no-show of unit %s not counted in its readiness", unit_id)
+
     async def abort_for_units(self, unit_ids: Iterable[str]) -> None:
         """Abort the open drills of units just reserved for an incident (the incident flow calls
         this after a dispatch). Never fails the dispatch: an error here is logged and the
@@ -310,6 +320,10 @@ class Drills:
     async def on_response(self, response: dict[str, Any]) -> None:
         """Handle one ``drill-response`` (see :meth:`DrillResponses.on_response`)."""
         await self.responses.on_response(response)
+
+    async def count_no_shows(self, unit_ids: Iterable[str], at: datetime) -> None:
+        """Units released as no-shows count in their readiness (see :class:`DrillResponses`)."""
+        await self.responses.count_no_shows(unit_ids, at)
 
     async def abort_for_units(self, unit_ids: Iterable[str]) -> None:
         """Abort the open drills of units just reserved for an incident."""

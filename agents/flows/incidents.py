@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from kaifong.agents.core import clock
+from kaifong.agents.core import clock, responders
 from kaifong.agents.core import incident as core
 from kaifong.agents.core.dispatch import MAX_CONFLICT_RETRIES, Plan, nobody, outcome_of, view_of
 from kaifong.agents.core.errors import Duplicate, Refused
@@ -70,6 +70,42 @@ def count(settings: Settings, change: core.Change) -> None:
         metrics.ESCALATION_ACK.labels(change.acknowledged[0]).observe(change.acknowledged[1])
     if change.renotified is not None:
         metrics.RENOTIFICATIONS.labels(change.renotified["level"]).inc()
+    real = not state["exercise"]
+    for segment, ring, kind, seconds in change.segments:
+        if real:  # exercises never count in the real SLA figures
+            metrics.SEGMENT.labels(segment, str(ring), kind, district).observe(seconds)
+    if change.needs_met_s is not None and real:
+        metrics.NEEDS_MET.labels(district).observe(change.needs_met_s)
+    for released in change.released:
+        if released.cause == "no_show":
+            metrics.NO_SHOWS.labels(str(released.ring), district, exercise).inc()
+        else:
+            reason = released.reason if released.reason in metrics.DECLINE_REASONS else "other"
+            metrics.DECLINES.labels(str(released.ring), district, reason, exercise).inc()
+    for _, ring in change.stuck:
+        metrics.STUCK.labels(str(ring), district, exercise).inc()
+    for ring, cause in change.redispatched:
+        metrics.REDISPATCHES.labels(str(ring), cause, exercise).inc()
+
+
+def encode(kind: str, body: dict[str, Any], topics: tuple[str, str, str], now: datetime) -> Record:
+    """One thing a change publishes, for its topic (state, assignment, escalation), with
+    CloudEvents headers."""
+    state_topic, assignment_topic, escalation_topic = topics
+    incident_id = body["incident_id"]
+    if kind == "state":
+        headers = cloudevent_headers(f"{incident_id}:v{body['version']}", "incident-state", now, subject=incident_id)
+        return (state_topic, incident_id.encode(), orjson.dumps(body), headers)
+    if kind == "assignment":
+        headers = cloudevent_headers(body["assignment_id"], "assignment", clock.parse_time(body["decided_at"]),
+                                     subject=incident_id)
+        return (assignment_topic, incident_id.encode(), orjson.dumps(body), headers)
+    # Exercise escalations carry their own CloudEvents type so that no router that pages
+    # real escalation targets ever matches them.
+    ce_type = "escalation.exercise" if body["exercise"] else "escalation"
+    headers = cloudevent_headers(f"{body['escalation_id']}:n{body['notification']}", ce_type,
+                                 clock.parse_time(body["raised_at"]), subject=incident_id)
+    return (escalation_topic, incident_id.encode(), orjson.dumps(body), headers)
 
 
 @dataclass
@@ -86,10 +122,17 @@ class Incidents:
     #: Called with the units of every fresh dispatch (the drill scheduler aborts their open
     #: drills at once: a drilled unit stays fully available for real incidents).
     on_dispatched: Callable[[list[str]], Awaitable[None]] | None = None
+    #: Called with the units released as no-shows (the drills flow counts them in readiness).
+    on_no_show: Callable[[list[str], datetime], Awaitable[None]] | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     incidents: IncidentStore = field(init=False)
+    policy: core.Policy = field(init=False)
 
     def __post_init__(self) -> None:
+        s = self.settings
+        self.policy = core.Policy(renotify_s=s.escalation_renotify_s, ack_windows=s.ack_window_table(),
+                                  stuck_factor=s.stuck_factor, rings=tuple(r.number for r in s.ring_table()),
+                                  run_cards=self.dispatcher.run_cards)
         self.incidents = IncidentStore(self.redis, self.settings.topic_prefix, self.store.stale_after_s,
                                        self.store.run)
 
@@ -121,30 +164,13 @@ class Incidents:
         got = await self.incidents.load(incident_id)
         return None if got is None else {**got[0], "outbox": got[1]}
 
-    def record(self, kind: str, body: dict[str, Any]) -> Record:
-        """One thing a change publishes, for its topic, with CloudEvents headers."""
-        incident_id = body["incident_id"]
-        if kind == "state":
-            headers = cloudevent_headers(f"{incident_id}:v{body['version']}", "incident-state", self.clock(),
-                                         subject=incident_id)
-            return (self.state_topic, incident_id.encode(), orjson.dumps(body), headers)
-        if kind == "assignment":
-            headers = cloudevent_headers(body["assignment_id"], "assignment", clock.parse_time(body["decided_at"]),
-                                         subject=incident_id)
-            return (self.dispatcher.topic, incident_id.encode(), orjson.dumps(body), headers)
-        # Exercise escalations carry their own CloudEvents type so that no router that pages
-        # real escalation targets ever matches them.
-        ce_type = "escalation.exercise" if body["exercise"] else "escalation"
-        headers = cloudevent_headers(f"{body['escalation_id']}:n{body['notification']}", ce_type,
-                                     clock.parse_time(body["raised_at"]), subject=incident_id)
-        return (self.escalation_topic, incident_id.encode(), orjson.dumps(body), headers)
-
     def _now_ms(self) -> int:
         return int(self.clock().timestamp() * 1000)
 
     async def _apply(self, change: core.Change) -> tuple[list[str], list[Record]]:
         """Store ``change`` with its encoded records; the units that could not be reserved."""
-        records = [self.record(kind, body) for kind, body in change.publish]
+        topics = (self.state_topic, self.dispatcher.topic, self.escalation_topic)
+        records = [encode(kind, body, topics, self.clock()) for kind, body in change.publish]
         return await self.incidents.apply(change, records, self._now_ms()), records
 
     async def _send(self, incident_id: str, records: list[Record]) -> None:
@@ -241,7 +267,7 @@ class Incidents:
         now_t = self.clock()
         change, records = await self._decide(
             view, p, candidates, frozenset(),
-            lambda decisions: core.reported(doc, view, decisions, now_t, self.settings.escalation_renotify_s))
+            lambda decisions: core.reported(doc, view, decisions, now_t, self.policy))
         stored_at = time.perf_counter()
         await self._send(incident_id, records)
         acked_at = time.perf_counter()
@@ -267,9 +293,30 @@ class Incidents:
             return
         doc, outbox = got
         await self._send(incident_id, outbox)  # what an interrupted change left
-        change = core.updated(doc, update, self.clock())
-        if change is not None:  # None: a replay of an update already applied
-            await self._commit(change)
+        # None: a replay of an update already applied.
+        await self._settle(core.updated(doc, update, self.clock(), self.policy))
+
+    async def _settle(self, outcome: core.Change | core.Redispatch | None) -> None:
+        """Store, send and count what an event decided; first decide the rings it re-opened."""
+        if outcome is None:
+            return
+        if isinstance(outcome, core.Change):
+            await self._commit(outcome)
+            change = outcome
+        else:
+            r = outcome
+            now = self.clock()
+            p = self.dispatcher.plan(r.view, list(r.rings))
+            candidates = await self.dispatcher.find(r.view, p)
+            change, records = await self._decide(r.view, p, candidates, r.exclude,
+                                                 lambda decisions: core.redispatched(r, decisions, now, self.policy))
+            await self._send(change.doc["state"]["incident_id"], records)
+            count(self.settings, change)
+            if self.on_dispatched is not None and change.dispatched:
+                await self.on_dispatched(change.dispatched)
+        no_shows = [x.unit_id for x in change.released if x.cause == "no_show"]
+        if no_shows and self.on_no_show is not None:
+            await self.on_no_show(no_shows, self.clock())
 
     async def park(self, update: dict[str, Any]) -> None:
         """Hold an update whose report has not arrived, with its original bytes, for a while."""
@@ -316,9 +363,11 @@ class Incidents:
                 if kind == "d":
                     await self._deadline(doc, int(arg))
                 elif kind == "n":
-                    change = core.renotify(doc, arg, self.clock(), self.settings.escalation_renotify_s)
-                    if change is not None:
-                        await self._commit(change)
+                    await self._settle(core.renotify(doc, arg, self.clock(), self.policy))
+                elif kind == "w":  # a unit's acknowledgement window ended
+                    await self._settle(responders.window_closed(doc, arg, self.clock(), self.policy))
+                elif kind == "s":  # a unit en route long past its ETA
+                    await self._settle(responders.stuck_check(doc, arg, self.clock(), self.policy))
         self._unlock(incident_id)
 
     async def _expire_early(self, incident_id: str) -> None:
@@ -341,7 +390,7 @@ class Incidents:
         candidates = await self.dispatcher.find(b.view, p)
         change, records = await self._decide(
             b.view, p, candidates, b.exclude,
-            lambda decisions: core.breached(doc, b, decisions, now, self.settings.escalation_renotify_s))
+            lambda decisions: core.breached(doc, b, decisions, now, self.policy))
         await self._send(b.state["incident_id"], records)
         count(self.settings, change)
         if self.on_dispatched is not None:

@@ -205,6 +205,14 @@ class DrillStore:
         raw: list[bytes] = await self.redis.lrange(keys.unit_drill_results(unit_id), 0, -1)  # type: ignore[misc,assignment]
         return [orjson.loads(e) for e in raw]
 
+    async def add_unit_result(self, unit_id: str, entry: dict[str, Any]) -> None:
+        """Keep ``entry`` (``{"at", "outcome"}``) first in the unit's results, as a drill's would
+        be: a no-show on a real incident counts in its readiness like an unanswered drill."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(keys.unit_drill_results(unit_id), orjson.dumps(entry))
+        pipe.ltrim(keys.unit_drill_results(unit_id), 0, UNIT_RESULTS_KEEP - 1)
+        await pipe.execute()
+
     async def set_readiness(self, unit_id: str, score: float) -> None:
         """The unit's readiness score (what the matcher may weigh)."""
         await self.redis.hset(keys.READINESS, unit_id, f"{score:.4f}")  # type: ignore[misc]

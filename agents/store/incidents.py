@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from kaifong.agents.core.incident import Change
+from kaifong.agents.core.change import Change
 from kaifong.agents.store import keys
 from kaifong.agents.store.scripts import Scripts
 
@@ -118,7 +118,7 @@ class IncidentStore:
                 "timers_clear": list(change.timers_clear),
                 "esc_open": [[e, level] for e, level in change.escalations_opened],
                 "esc_closed": list(change.escalations_closed),
-                "release_all": change.release_all, "close": change.close}
+                "release": list(change.release), "release_all": change.release_all, "close": change.close}
         failed = await self.scripts.run(
             "incident_apply",
             [keys.incident(incident_id), keys.incident_outbox(incident_id), keys.incident_units(incident_id),

@@ -8,7 +8,8 @@
 --       [5] the new document (JSON), [6] the outbox (JSON; '' = nothing to publish),
 --       [7] the rest of the change (JSON): {reserve: [[unit, ring], ...],
 --           timers_set: [[member, due_ms], ...], timers_clear: [member, ...],
---           esc_open: [[id, level], ...], esc_closed: [id, ...], release_all: bool, close: bool}
+--           esc_open: [[id, level], ...], esc_closed: [id, ...], release: [unit, ...],
+--           release_all: bool, close: bool}
 -- Returns {} when stored; else the units that could not be reserved (and nothing is written).
 -- Reserving a unit this incident holds already is a no-op (a replay is safe).
 local inc, pool, now, stale_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -30,8 +31,12 @@ for _, r in ipairs(change.reserve) do
   redis.call('SADD', KEYS[3], r[1])
   reindex(live, r[1])
 end
-if change.release_all then
-  for _, uid in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+-- Released units (a no-show, a decline) and, when the incident closes, all it holds: only a
+-- reservation of this incident is undone; the unit goes back in the geo index if it belongs there.
+local release = change.release
+if change.release_all then release = redis.call('SMEMBERS', KEYS[3]) end
+if #release > 0 then
+  for _, uid in ipairs(release) do
     local live = 'kf:unit:' .. uid .. ':live'
     redis.call('SREM', KEYS[3], uid)
     if redis.call('HGET', live, 'reserved_by') == inc then
