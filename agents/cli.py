@@ -269,7 +269,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     ensure_topics(settings)
     config = SimConfig(seed=args.seed, units=args.units, heartbeat_interval_s=args.heartbeat_interval,
                        heartbeat_per=args.heartbeat_per, incidents_per_hour=args.incidents_per_hour,
-                       exercise_share=args.exercise_share, duration_s=args.duration or None,
+                       exercise_share=args.exercise_share, no_show_share=args.no_show_share,
+                       decline_share=args.decline_share, duration_s=args.duration or None,
                        publish_registry=not args.no_registry)
     sim = Simulator(settings, config)
     print(f"simulating {config.units:,} units, heartbeat every {config.heartbeat_interval_s:g}s per "
@@ -502,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--heartbeat-per", choices=["unit", "responder"], default="unit")
     sm.add_argument("--incidents-per-hour", type=float, default=120.0)
     sm.add_argument("--exercise-share", type=float, default=0.05)
+    sm.add_argument("--no-show-share", type=float, default=0.08,
+                    help="assigned units that never answer (released at their acknowledgement window)")
+    sm.add_argument("--decline-share", type=float, default=0.03, help="assigned units that decline")
     sm.add_argument("--no-registry", action="store_true", help="do not publish the registry first")
     b = sub.add_parser("bench", help="measure kaifong against the same-run aiokafka baseline and broker floor")
     b.add_argument("what", nargs="?", choices=["all", "dispatch"], default="all",

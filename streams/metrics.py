@@ -87,6 +87,9 @@ SEGMENT = Histogram("kaifong_response_segment_seconds", "Per assigned unit, real
                     buckets=_SEGMENT_BUCKETS)
 NEEDS_MET = Histogram("kaifong_needs_met_seconds", "Real incidents: reported → the run card's responders and "
                       "equipment on scene (event time), by district.", ["district"], buckets=_RESPONSE_BUCKETS)
+UNITS_ASSIGNED = Counter("kaifong_units_assigned_total", "Units assigned to incidents (each unit of each "
+                         "assignment): the denominator of the no-show and decline ratios.",
+                         ["ring", "district", "exercise"])
 NO_SHOWS = Counter("kaifong_unit_no_shows_total", "Assigned units that neither acknowledged nor moved within "
                    "their acknowledgement window: released and replaced.", ["ring", "district", "exercise"])
 DECLINES = Counter("kaifong_unit_declines_total", "Assignments declined by their unit: released and replaced.",
@@ -167,6 +170,7 @@ def init_labels(settings: Settings) -> None:
         for district in districts:
             for exercise in ("false", "true"):
                 NO_SHOWS.labels(r, district, exercise)
+                UNITS_ASSIGNED.labels(r, district, exercise)
                 STUCK.labels(r, district, exercise)
                 for reason in DECLINE_REASONS:
                     DECLINES.labels(r, district, reason, exercise)

@@ -53,6 +53,8 @@ DAILY_PROFILE = (0.35, 0.25, 0.2, 0.2, 0.25, 0.4, 0.7, 1.1, 1.3, 1.1, 1.0, 1.0,
                  1.1, 1.0, 1.0, 1.1, 1.2, 1.4, 1.5, 1.5, 1.4, 1.1, 0.8, 0.55)
 CATEGORIES = (("fire", 0.18), ("violence", 0.14), ("medical", 0.30), ("drowning", 0.04), ("crowd", 0.06),
               ("traffic", 0.20), ("hazmat", 0.02), ("other", 0.06))
+#: Why a simulated unit declines (the incident-update schema's bounded reasons).
+DECLINE_REASONS = ("busy", "unreachable", "no_capacity", "off_duty", "other")
 SEVERITIES = ((1, 0.05), (2, 0.20), (3, 0.45), (4, 0.30))
 SOURCES = (("call_110", 0.6), ("video", 0.2), ("volunteer_app", 0.12), ("unit_radio", 0.05), ("sensor", 0.03))
 
@@ -75,7 +77,11 @@ class SimConfig:
     daily_profile: tuple[float, ...] = DAILY_PROFILE
     burst_probability: float = 0.03  # chance an incident comes with 2–5 more nearby
     exercise_share: float = 0.05
-    no_show_share: float = 0.08  # assigned units that never arrive
+    #: Assigned units that never answer (no acknowledgement, never move): the worker releases
+    #: them at the end of their acknowledgement window and sends another.
+    no_show_share: float = 0.08
+    #: Assigned units that turn the assignment down (busy, off duty …) when they answer.
+    decline_share: float = 0.03
     drill_no_answer_share: float = 0.05
     #: The command levels' duty officers: the share of escalations they acknowledge (the rest
     #: are re-notified until their incident closes), after a median of ~90 s.
@@ -119,7 +125,7 @@ class Simulator:
     city: City | None = None
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("statuses", "incidents", "exercises", "updates", "assignments_seen", "resolved", "drill_responses",
-         "escalations_acked"), 0))
+         "escalations_acked", "no_shows", "declines"), 0))
     _heap: list[_Due] = field(default_factory=list)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _open: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -176,11 +182,13 @@ class Simulator:
                                         key=unit.unit_id.encode())
         self.stats["statuses"] += 1
 
-    async def update(self, incident_id: str, kind: str, unit_id: str | None = None) -> None:
+    async def update(self, incident_id: str, kind: str, unit_id: str | None = None, reason: str | None = None) -> None:
         body: dict[str, Any] = {"event_id": f"{incident_id}-{kind}-{unit_id or '-'}", "incident_id": incident_id,
                                 "kind": kind, "at": self.now().isoformat()}
         if unit_id:
             body["unit_id"] = unit_id
+        if reason:
+            body["reason"] = reason
         await self.send("incidents.updates.v1", incident_id, body)
         self.stats["updates"] += 1
 
@@ -272,22 +280,46 @@ class Simulator:
                 continue
             info["units"].add(unit.unit_id)
             unit.incident_id = incident_id
-            ack = self.rng.uniform(3, 20)
+            draw = self.rng.random()
+            if draw < self.config.no_show_share:
+                # Never answers; back on duty (and reporting) a few minutes later.
+                self.stats["no_shows"] += 1
+                self.later(self.rng.uniform(120, 600), partial(self._back_on_duty, unit, incident_id))
+                continue
+            ack = self.rng.uniform(3, 15)  # inside ring 1's default 20 s acknowledgement window
+            if draw < self.config.no_show_share + self.config.decline_share:
+                self.stats["declines"] += 1
+                self.later(ack, partial(self._decline, unit, incident_id))
+                continue
             self.later(ack, partial(self._dispatched, unit, incident_id))
-            if self.rng.random() < self.config.no_show_share:
-                continue  # never arrives
             # On scene after the ETA give or take, and never before it acknowledged and set off:
             # a unit's statuses go dispatched → en_route → on_scene (the worker refuses others).
             travel = max(5.0, float(assigned["eta_s"]) * self.rng.uniform(0.6, 1.5), ack + 3)
-            self.later(ack + 2, partial(self.status, unit, "en_route"))
+            self.later(ack + 2, partial(self._set_off, unit, incident_id))
             self.later(travel, partial(self._arrive, unit, incident_id))
 
     async def _dispatched(self, unit: SimUnit, incident_id: str) -> None:
+        if unit.incident_id != incident_id or incident_id not in self._open:
+            return
         await self.status(unit, "dispatched")
-        info = self._open.get(incident_id)
-        if info is not None and not info.get("acked"):
-            info["acked"] = True
-            await self.update(incident_id, "acknowledged", unit.unit_id)
+        await self.update(incident_id, "acknowledged", unit.unit_id)
+
+    async def _set_off(self, unit: SimUnit, incident_id: str) -> None:
+        if unit.incident_id != incident_id or incident_id not in self._open:
+            return
+        await self.status(unit, "en_route")
+        await self.update(incident_id, "en_route", unit.unit_id)
+
+    async def _decline(self, unit: SimUnit, incident_id: str) -> None:
+        if unit.incident_id != incident_id or incident_id not in self._open:
+            return
+        unit.incident_id = None
+        await self.update(incident_id, "declined", unit.unit_id, reason=self.rng.choice(DECLINE_REASONS))
+
+    async def _back_on_duty(self, unit: SimUnit, incident_id: str) -> None:
+        if unit.incident_id == incident_id:
+            unit.incident_id = None
+            await self.status(unit, "available")
 
     async def _arrive(self, unit: SimUnit, incident_id: str) -> None:
         info = self._open.get(incident_id)

@@ -248,3 +248,82 @@ def worker_state(base: str, incident_id: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{base}/api/incidents/{incident_id}", timeout=5) as resp:
         state: dict[str, Any] = json.loads(resp.read())["state"]
         return state
+
+
+#: Ring 1 has a 60 s target (and, below, a 45 s acknowledgement window); the outer rings never fall due.
+ANSWER_RINGS = "self_rescue:60,mutual_aid:3600,grid:3601,street:3602,professional:3603"
+
+
+def post(unit_id: str, metres_north: float) -> dict[str, Any]:
+    """A post (ring 1's kind) of 越秀区 this many metres north of the test incidents' point."""
+    return {"event_id": f"reg-{unit_id}", "unit_id": unit_id, "kind": "post", "name": unit_id, "district": "越秀区",
+            "police_grid": "PG1", "grid": "YX-S01-PG01-G0001", "venue": {"id": f"V-{unit_id}", "type": "mall"},
+            "home": {"lat": 23.129 + metres_north / 111_000, "lon": 113.264}, "responders": 4, "equipment": []}
+
+
+def test_console_unit_answers_and_escalation_causes(browser, new_settings, start_worker, artifacts) -> None:
+    """Issue 19: an assigned unit counts its acknowledgement window down, a declined unit is
+    struck through with its reason, and the escalation its decline raised names ring and cause."""
+    settings = new_settings(api_token=TOKEN, rings=ANSWER_RINGS, ack_windows="1:45", escalation_renotify_s=3600)
+    worker = start_worker(settings)
+    p = producer(settings)
+    units = [post("cq-a", 0), post("cq-b", 10)]  # ring 1 takes both; nobody is left to replace one
+    for u in units:
+        send(p, settings, "units.registry.v1", u["unit_id"], u)
+    p.flush()
+    for u in units:
+        send(p, settings, "units.status.v1", u["unit_id"], {
+            "event_id": f"st-{u['unit_id']}", "unit_id": u["unit_id"], "status": "available",
+            "at": datetime.now(UTC).isoformat(), "seq": 1, "location": u["home"]})
+    p.flush()
+    r = redis.Redis.from_url(settings.redis_url)
+    deadline = time.monotonic() + 20
+    while r.zcard("kf:geo:avail:post") < 2:
+        assert time.monotonic() < deadline, "units not available"
+        time.sleep(0.1)
+
+    page, requests, errors = open_console(browser, worker.base_url)
+    send(p, settings, "incidents.reported.v1", "cq-1", incident("cq-1", severity=3, description="商场二楼冒烟"))
+    p.flush()
+    card = page.locator('.incident[data-incident="cq-1"]')
+    card.wait_for(timeout=3_000)
+    ack_a = card.locator('.unit-chip[data-unit="cq-a"] .unit-ack')
+    ack_b = card.locator('.unit-chip[data-unit="cq-b"] .unit-ack')
+    ack_a.wait_for(timeout=5_000)
+    ack_b.wait_for(timeout=5_000)
+
+    # The window counts down once a second on the page (read 1.5 s apart).
+    def left(text: str) -> int:
+        m = re.fullmatch(r"ack (\d+) s 确认 (\d+) 秒", text)
+        assert m and m.group(1) == m.group(2), text
+        return int(m.group(1))
+
+    first = left(ack_b.inner_text())
+    page.wait_for_timeout(1_500)
+    second = left(ack_b.inner_text())
+    assert 0 < second < first <= 45, (first, second)
+
+    # cq-a declines (busy): struck through with its reason, no countdown any more; nobody is
+    # left for ring 1, so the decline escalates — the card names the ring and the cause.
+    send(p, settings, "incidents.updates.v1", "cq-1", {
+        "event_id": "cq-1-decline-cq-a", "incident_id": "cq-1", "kind": "declined", "unit_id": "cq-a",
+        "reason": "busy", "at": datetime.now(UTC).isoformat()})
+    p.flush()
+    p.close()
+    declined = card.locator('.unit-chip.unit-released[data-unit="cq-a"]')
+    declined.wait_for(timeout=5_000)
+    assert declined.get_attribute("data-status") == "declined"
+    assert declined.locator(".unit-mark").inner_text() == "✕ declined 拒绝 (busy 忙碌)"
+    assert declined.locator(".unit-ack").count() == 0
+    assert "line-through" in declined.locator(".unit-id").evaluate("e => getComputedStyle(e).textDecorationLine")
+    assert left(ack_b.inner_text()) <= second, "cq-b still counts down"
+    esc = page.locator('.escalation[data-escalation^="cq-1:r1:unit_declined"]')
+    esc.wait_for(timeout=5_000)
+    assert esc.locator(".esc-ring").inner_text() == "ring 1 self rescue 自救"
+    assert esc.locator(".esc-reason").inner_text() == "unit declined 单元拒绝"
+
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(artifacts / "console-units.png"))
+    assert not errors, errors
+    assert {urlsplit(u).hostname for u in requests} <= LOCAL_HOSTS
+    page.close()

@@ -26,6 +26,7 @@ import orjson
 import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from state_segments import segments_from_states
 
 from kaifong.agents import report
 from kaifong.agents.core import clock
@@ -265,8 +266,8 @@ def test_what_if_ring_files(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ 3. the HTML and the PDF
-SECTIONS = ("Summary", "Ring compliance", "Response times", "Slowest incidents", "Escalations", "Drills",
-            "Incident map", "Method and data quality")
+SECTIONS = ("Summary", "Ring compliance", "Response times", "Response segments", "Slowest incidents", "Escalations",
+            "Drills", "Incident map", "Method and data quality")
 
 
 def test_html_and_pdf_open_with_their_figures(tmp_path: Path) -> None:
@@ -315,6 +316,8 @@ SCALE = 10.0
 #: (offset of an update from the report, in simulation seconds) — every offset stays ≥ 4 sim s
 #: (0.4 s of wall time, four clock ticks) away from the deadline it is judged against, so the
 #: worker (which decides by processing order) and the replay (event time) see the same order.
+#: Acknowledgement windows (sim s) that keep the same 4 s distance from every update offset.
+SIM_ACK_WINDOWS = "1:12,2:24,3:44"
 SCENARIOS: dict[str, list[tuple[float, str, int | None]]] = {
     # name: [(offset_s, kind, ring of the unit that sends it or None)]
     "all_met": [(3, "acknowledged", 1), (8, "on_scene", 1), (16, "on_scene", 2), (30, "on_scene", 3),
@@ -323,7 +326,12 @@ SCENARIOS: dict[str, list[tuple[float, str, int | None]]] = {
     "resolved_early": [(3, "acknowledged", 1), (8, "resolved", None)],
     "resolved_mid": [(3, "acknowledged", 1), (8, "on_scene", 1), (30, "resolved", None)],
     "nobody": [(35, "escalation_acknowledged", 1)],
-    "all_late": [(30, "on_scene", 1), (50, "on_scene", 2), (70, "on_scene", 3), (80, "resolved", None)],
+    "all_late": [(3, "acknowledged", 1), (3, "acknowledged", 2), (3, "acknowledged", 3), (8, "en_route", 1),
+                 (30, "on_scene", 1), (50, "on_scene", 2), (70, "on_scene", 3), (80, "resolved", None)],
+    # Ring 1's unit never answers: released at its window (12 s), replaced; its late arrival is
+    # refused (dead-lettered unit_not_assigned), in the worker and in the replay alike.
+    "no_show": [(3, "acknowledged", 2), (8, "en_route", 2), (16, "on_scene", 2), (30, "on_scene", 1)],
+    "declined": [(5, "declined", 1), (8, "en_route", 2), (16, "on_scene", 2), (80, "resolved", None)],
 }
 
 
@@ -335,7 +343,7 @@ def _accelerated(new_settings: Any) -> tuple[Settings, date]:
     # clock = epoch + (wall − epoch) × scale; solved for the epoch that gives sim0 at wall0.
     epoch = (SCALE * wall0 - sim0.timestamp()) / (SCALE - 1)
     return new_settings(rings=SIM_RINGS, time_scale=SCALE, time_epoch=epoch, unit_stale_after_s=1e7,
-                        drills_enabled=False), day
+                        drills_enabled=False, ack_windows=SIM_ACK_WINDOWS), day
 
 
 def _publish_city(settings: Settings, producer: KafkaProducer, units: list[dict[str, Any]]) -> None:
@@ -353,6 +361,20 @@ def _publish_city(settings: Settings, producer: KafkaProducer, units: list[dict[
     while time.monotonic() < deadline and sum(r.zcard(f"kf:geo:avail:{k}") for k in kinds) < len(units):
         time.sleep(0.1)
     assert sum(r.zcard(f"kf:geo:avail:{k}") for k in kinds) == len(units), "units not indexed"
+
+
+def _last_states(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The newest state of every incident on the state topic."""
+    consumer = KafkaConsumer(settings.topic_prefix + "incidents.state.v1", bootstrap_servers=settings.bootstrap_servers,
+                             auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=50,
+                             consumer_timeout_ms=1500)
+    out: dict[str, dict[str, Any]] = {}
+    for rec in consumer:
+        st = orjson.loads(rec.value)
+        if st["version"] >= out.get(st["incident_id"], {}).get("version", -1):
+            out[st["incident_id"]] = st
+    consumer.close()
+    return out
 
 
 def _deadlines_pending(settings: Settings) -> int:
@@ -397,13 +419,26 @@ def _drive_day(settings: Settings, producer: KafkaProducer, city_units: list[dic
             plan.append((t0 + timedelta(seconds=offset), len(plan),
                          {"update": (incident_id, f"{incident_id}-u{k}", kind, ring, t0 + timedelta(seconds=offset))}))
     plan.sort(key=lambda e: (e[0], e[1]))
+    decided: set[tuple[str, int]] = set()
+
+    def poll() -> None:
+        for records in consumer.poll(timeout_ms=10).values():
+            for rec in records:
+                a = orjson.loads(rec.value)
+                if int(a.get("attempt", 0)) == 0:
+                    decided.add((a["incident_id"], a["ring"]))
+                    if a["units"]:
+                        units.setdefault((a["incident_id"], a["ring"]), a["units"][0]["unit_id"])
+
     for due, _, action in plan:
         while now() < due:
-            for records in consumer.poll(timeout_ms=10).values():
-                for rec in records:
-                    a = orjson.loads(rec.value)
-                    if int(a.get("attempt", 0)) == 0 and a["units"]:
-                        units.setdefault((a["incident_id"], a["ring"]), a["units"][0]["unit_id"])
+            poll()
+        if "update" in action and action["update"][3] is not None:
+            # A unit's answer needs its ring decided (the first decisions of a fresh worker
+            # take longer than the sim seconds between a report and its first answer).
+            waited = time.monotonic() + 5
+            while (action["update"][0], action["update"][3]) not in decided and time.monotonic() < waited:
+                poll()
         if "report" in action:
             body = action["report"]
             producer.send(p + "incidents.reported.v1", key=body["incident_id"].encode(), value=orjson.dumps(body))
@@ -411,6 +446,8 @@ def _drive_day(settings: Settings, producer: KafkaProducer, city_units: list[dic
         else:
             incident_id, event_id, kind, ring, at = action["update"]
             body = {"event_id": event_id, "incident_id": incident_id, "kind": kind, "at": at.isoformat()}
+            if kind == "declined":
+                body["reason"] = "busy"
             if kind == "escalation_acknowledged":
                 body["escalation_id"] = f"{incident_id}:r{ring}:ring_deadline_missed:0"
                 body["by"] = "duty-officer"
@@ -474,6 +511,22 @@ def test_report_equals_the_worker_counters_for_an_accelerated_day(new_settings, 
     else:
         pytest.fail(f"worker did not finish: consumed {consumed}, sent {sent}, "
                     f"deadlines pending {_deadlines_pending(settings)}")
+    # Close what is still open: a ring nobody answers keeps being decided again at every
+    # no-show, so the worker's counters would move while the report is made.
+    closing = settings.clock()()
+    for incident_id in sent["scenario"]:
+        if "resolved" not in [kind for _, kind, _ in SCENARIOS[sent["scenario"][incident_id]]]:
+            producer.send(settings.topic_prefix + "incidents.updates.v1", key=incident_id.encode(), value=orjson.dumps(
+                {"event_id": f"{incident_id}-close", "incident_id": incident_id, "kind": "resolved",
+                 "at": closing.isoformat()}))
+            sent["updates"] += 1
+    producer.flush()
+    deadline = time.monotonic() + 30
+    while worker.metric("kaifong_events_in_total", topic=settings.topic_prefix + "incidents.updates.v1") \
+            < sent["updates"]:
+        assert time.monotonic() < deadline, "closing updates not consumed"
+        time.sleep(0.2)
+    time.sleep(1.0)  # and applied
     producer.close()
 
     out = tmp_path / "report"
@@ -498,7 +551,29 @@ def test_report_equals_the_worker_counters_for_an_accelerated_day(new_settings, 
     for ring in (1, 2, 3):
         assert exercise_rows[ring]["breached"] == worker.metric(
             "kaifong_ring_outcomes_total", ring=str(ring), outcome="breached", exercise="true")
-    assert figures["incidents"] == {"real": 27, "exercise": 3, "refused_updates": 0}
+    # Answers from released units (the no-shows' late arrivals) refused by both, as many.
+    refused = worker.metric("kaifong_deadletters_total", stage="clock")
+    assert figures["incidents"] == {"real": 27, "exercise": 3, "refused_updates": refused}
+    assert worker.metric("kaifong_deadletters_total", stage="clock", error_class="unit_not_assigned") > 0
+    # Must-show 4: the response segments from the live metrics, the state topic and the replay agree.
+    states = _last_states(settings)
+    from_states = segments_from_states(states.values())
+    segs = {(r["segment"], r["ring"]): r for r in figures["segments"]}
+    assert segs, "no segment measured"
+    for (segment, ring), row in segs.items():
+        live_n = worker.metric("kaifong_response_segment_seconds_count", segment=segment, ring=str(ring))
+        live_sum = worker.metric("kaifong_response_segment_seconds_sum", segment=segment, ring=str(ring))
+        assert row["n"] == live_n == len(from_states[(segment, ring)]), (segment, ring, row["n"], live_n)
+        assert row["sum_s"] == pytest.approx(live_sum, abs=0.01)
+        assert row["sum_s"] == pytest.approx(sum(from_states[(segment, ring)]), abs=0.01)
+    assert set(from_states) == set(segs)
+    assert {s for s, _ in segs} == {"acknowledgement", "turnout", "travel"}
+    # Every breach has a cause; the no-show and the declined scenarios are not "nobody available".
+    causes = {r["cause"] for r in figures["breach_causes"]}
+    assert causes and causes <= {"late_acknowledgement", "late_turnout", "long_travel", "nobody_available"}
+    assert sum(r["count"] for r in figures["breach_causes"]) == sum(rows[r]["breached"] for r in rows)
+    assert worker.metric("kaifong_unit_declines_total", reason="busy", exercise="false") > 0
+    assert worker.metric("kaifong_unit_no_shows_total", exercise="false") > 0
     assert sum(r["met"] for r in rows.values()) > 0 and sum(r["breached"] for r in rows.values()) > 0
     # Response times: the same arrivals the worker's histogram observed.
     for ring in ("1", "2", "3"):
@@ -527,7 +602,8 @@ def test_report_equals_the_worker_counters_for_an_accelerated_day(new_settings, 
     assert len(figures["drills"]["never_drilled"]) == 2000 - 20
     assert "scan" in figures["sources"]["topics"]["drills.issued.v1"]
     for name in ("report.html", "report.pdf", "compliance_by_district.csv", "compliance_by_grid.csv",
-                 "response_times.csv", "escalations.csv", "drills.csv", "slowest.csv"):
+                 "response_times.csv", "escalations.csv", "drills.csv", "slowest.csv", "segments.csv",
+                 "breach_causes.csv"):
         assert (out / name).stat().st_size > 0, name
     print(f"skipped {sent['skipped']} arrivals; sources {figures['sources']['topics']}")
     shutil.copytree(out, ARTIFACTS / "report-integration", dirs_exist_ok=True)

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaConsumer
+from state_segments import segments_from_states
 
 from kaifong.streams.settings import Settings
 from kaifong.streams.simulate import SimConfig, Simulator
@@ -63,6 +64,23 @@ def test_one_simulated_hour_at_60x(new_settings, start_worker) -> None:
     # The simulated duty officers' acknowledgements reached the incidents' owners.
     assert stats["escalations_acked"] > 0, stats
     assert 0 < worker.metric("kaifong_escalation_ack_seconds_count") <= stats["escalations_acked"]
+    # Issue 19: the simulated responders decline and no-show, and the loop closes: each
+    # no-show and decline the worker counted is on the state topic, and the response segments
+    # the metrics observed are the per-unit milestone times on the state topic.
+    assert stats["no_shows"] > 0 and stats["declines"] > 0, stats
+    released = Counter(u["status"] for st in final.values() if not st["exercise"] for u in st["units"]
+                       if u["status"] in ("no_show", "declined"))
+    assert worker.metric("kaifong_unit_no_shows_total", exercise="false") == released["no_show"] > 0
+    assert worker.metric("kaifong_unit_declines_total", exercise="false") == released["declined"] > 0
+    assert worker.metric("kaifong_redispatches_total", exercise="false") > 0
+    segments: dict[str, list[float]] = {"acknowledgement": [], "turnout": [], "travel": []}
+    for (segment, _), values in segments_from_states(final.values()).items():
+        segments[segment] += values
+    for segment, values in segments.items():
+        assert values, segment
+        assert worker.metric("kaifong_response_segment_seconds_count", segment=segment) == len(values)
+        assert worker.metric("kaifong_response_segment_seconds_sum", segment=segment) == pytest.approx(
+            sum(values), abs=0.01 * len(values))
     opened = sum(1 for st in final.values() if st["status"] not in ("resolved", "cancelled"))
     assert worker.metric("kaifong_incidents_open") == opened
     assert worker.alive()
@@ -108,7 +126,7 @@ def test_assigned_units_report_dispatched_then_en_route_then_on_scene() -> None:
     # A unit assigned close by (a short ETA) arrived before its scheduled acknowledgement (3-20 s)
     # and departure: `on_scene → en_route` dead-lettered as an illegal transition, 166 times in a
     # `make run` hour. The simulator's schedule is run here in order, its statuses recorded.
-    sim = Simulator(Settings(), SimConfig(seed=5, units=200, no_show_share=0.0))
+    sim = Simulator(Settings(), SimConfig(seed=5, units=200, no_show_share=0.0, decline_share=0.0))
     sent: list[tuple[str, str | None]] = []
 
     async def status(unit: Any, status: str | None = None) -> None:
@@ -134,3 +152,42 @@ def test_assigned_units_report_dispatched_then_en_route_then_on_scene() -> None:
     for u in units:
         mine = [st for uid, st in sent if uid == u.unit_id]
         assert mine[:3] == ["dispatched", "en_route", "on_scene"], (u.unit_id, mine)
+
+
+@pytest.mark.parametrize(("no_show", "decline"), [(1.0, 0.0), (0.0, 1.0), (0.3, 0.3)])
+def test_simulated_units_decline_and_no_show_at_their_configured_rates(no_show: float, decline: float) -> None:
+    sim = Simulator(Settings(), SimConfig(seed=5, units=400, no_show_share=no_show, decline_share=decline))
+    updates: list[tuple[str, str | None, str | None]] = []
+
+    async def status(*_: Any, **__: Any) -> None:
+        return None
+
+    async def update(incident_id: str, kind: str, unit_id: str | None = None, reason: str | None = None) -> None:
+        updates.append((kind, unit_id, reason))
+
+    sim.status = status  # type: ignore[method-assign]
+    sim.update = update  # type: ignore[method-assign]
+    units = sim.unit_list[:300]
+    sim._open["inc-1"] = {"arrived": False, "units": set(), "exercise": False, "opened": sim.now()}
+
+    async def run() -> None:
+        await sim.on_assignment({"incident_id": "inc-1", "units": [
+            {"unit_id": u.unit_id, "eta_s": 60.0} for u in units]})
+        while sim._heap:
+            item = heapq.heappop(sim._heap)
+            if getattr(item.action, "__name__", "") == "<lambda>":
+                continue  # the incident's resolution: keep it open for every unit's answer
+            result = item.action()
+            if inspect.isawaitable(result):
+                await result
+
+    asyncio.run(run())
+    answered = {u for kind, u, _ in updates if kind in ("acknowledged", "declined")}
+    declined = [(u, r) for kind, u, r in updates if kind == "declined"]
+    assert sim.stats["no_shows"] == len(units) - len(answered)
+    assert sim.stats["declines"] == len(declined)
+    assert abs(len(declined) / len(units) - decline) < 0.08
+    assert abs(sim.stats["no_shows"] / len(units) - no_show) < 0.08
+    assert all(r in ("busy", "unreachable", "no_capacity", "off_duty", "other") for _, r in declined)
+    # A decline is the unit's only answer: it neither acknowledges nor sets off.
+    assert not {u for u, _ in declined} & {u for kind, u, _ in updates if kind != "declined"}

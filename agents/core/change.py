@@ -164,7 +164,7 @@ def assign(state: dict[str, Any], bodies: list[dict[str, Any]], now: datetime, p
             if e.get("assigned_at") is not None:
                 continue  # listed before (a replay of the same decision)
             due = decided + timedelta(seconds=window) if window else None
-            e.update(kind=unit["kind"], eta_s=unit["eta_s"], assigned_at=body["decided_at"],
+            e.update(kind=unit.get("kind"), eta_s=unit.get("eta_s"), assigned_at=body["decided_at"],
                      ack_due_at=due.isoformat() if due else None)
             if due is not None:
                 timers.append((timer("w", state["incident_id"], unit["unit_id"]), due_ms(due)))

@@ -127,15 +127,13 @@ def answered(doc: dict[str, Any], update: dict[str, Any], now: datetime, policy:
     assert unit is not None
     kind = update["kind"]
     incident_id = state["incident_id"]
-    field, segment, since = _MILESTONE[kind]
     segments: list[tuple[str, int, str, float]] = []
     timers_set: list[tuple[str, int]] = []
     timers_clear = [timer("w", incident_id, unit_id)]
-    if before.get(field) is None:
-        unit[field] = update["at"]
-        seconds = _seconds(update["at"], unit.get(since))
-        if seconds is not None and unit.get("kind"):
-            segments.append((segment, unit["ring"], unit["kind"], seconds))
+    if before.get(_MILESTONE[kind][0]) is None:
+        measured = milestone(unit, kind, update["at"])
+        if measured is not None:
+            segments.append(measured)
         if kind == "en_route" and unit.get("eta_s") is not None:
             eta = float(unit["eta_s"])
             stuck_after = max(policy.stuck_factor * eta, eta + STUCK_GRACE_S)
@@ -151,6 +149,21 @@ def answered(doc: dict[str, Any], update: dict[str, Any], now: datetime, policy:
     return Change(doc=new, publish=(("state", state),), timers_set=tuple(timers_set),
                   timers_clear=tuple(timers_clear), ring_changes=tuple(changes), segments=tuple(segments),
                   needs_met_s=needs_met_s)
+
+
+def milestone(unit: dict[str, Any], kind: str, at: str) -> tuple[str, int, str, float] | None:
+    """Record a unit's first ``kind`` answer (acknowledged, en route, on scene) at ``at`` on its
+    entry (changed in place, when it has no such time yet) and return the segment it closes,
+    ``(segment, ring, kind, seconds)``, or None (already recorded, or nothing to measure from).
+    The after-action report's replay measures with this same function."""
+    field, segment, since = _MILESTONE[kind]
+    if unit.get(field) is not None:
+        return None
+    unit[field] = at
+    seconds = _seconds(at, unit.get(since))
+    if seconds is None or not unit.get("kind"):
+        return None
+    return segment, int(unit["ring"]), str(unit["kind"]), seconds
 
 
 def _needs_met(doc: dict[str, Any], state: dict[str, Any], policy: Policy) -> bool:

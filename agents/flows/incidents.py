@@ -57,6 +57,8 @@ def count(settings: Settings, change: core.Change) -> None:
     exercise, district = _exercise(state), metrics.district_label(settings, state.get("district"))
     for body in change.assignments:
         metrics.ASSIGNMENTS.labels(str(body["ring"]), outcome_of(body), exercise).inc()
+        if body["units"]:
+            metrics.UNITS_ASSIGNED.labels(str(body["ring"]), district, exercise).inc(len(body["units"]))
     for e in change.escalations:
         metrics.ESCALATIONS.labels(e["level"], e["reason"], "true" if e["exercise"] else "false").inc()
         if e["reason"] == "ring_deadline_missed" and not e["exercise"]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kaifong.agents.core import clock, drillplan
-from kaifong.agents.report.incident_replay import Replayed, replay, rings_of_state
+from kaifong.agents.report.incident_replay import Replayed, breach_causes, replay, rings_of_state
 from kaifong.agents.report.inputs import Inputs
 from kaifong.streams.settings import Ring
 
@@ -97,6 +97,39 @@ def _response_times(replays: list[Replayed], rings: tuple[Ring, ...]) -> dict[st
                      "ring": ring, "seconds": s, "outcome": o}
                     for ring, items in sorted(samples.items()) for s, o, rp in items]
     return out
+
+
+#: The standards each segment is held against (s): NENA-like acknowledgement, NFPA 1710
+#: turnout (EMS) and travel; "90% within" is their objective.
+SEGMENT_TARGETS_S = {"acknowledgement": 15.0, "turnout": 60.0, "travel": 240.0}
+#: A breach's possible causes (:func:`kaifong.agents.report.incident_replay.breach_causes`).
+CAUSES = ("late_acknowledgement", "late_turnout", "long_travel", "nobody_available")
+
+
+def _segments(replays: list[Replayed]) -> list[dict[str, Any]]:
+    """Per segment and ring: count, sum, p50, p90 and the share within the standard's target —
+    the same observations as the worker's ``kaifong_response_segment_seconds``."""
+    values: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for rp in replays:
+        for segment, ring, _kind, seconds in rp.segments:
+            values[(segment, ring)].append(seconds)
+    rows = []
+    for (segment, ring), vs in sorted(values.items(), key=lambda kv: (kv[0][1], SEGMENT_TARGETS_S.get(kv[0][0], 0))):
+        vs.sort()
+        target = SEGMENT_TARGETS_S[segment]
+        rows.append({"segment": segment, "ring": ring, "n": len(vs), "sum_s": round(sum(vs), 3),
+                     "p50_s": _quantile(vs, 0.5), "p90_s": _quantile(vs, 0.9), "target_s": target,
+                     "within_target_pct": round(100.0 * sum(1 for v in vs if v <= target) / len(vs), 1)})
+    return rows
+
+
+def _causes(replays: list[Replayed]) -> list[dict[str, Any]]:
+    """Breached rings by ring and cause."""
+    counts: Counter[tuple[int, str]] = Counter()
+    for rp in replays:
+        for ring, cause in breach_causes(rp).items():
+            counts[(ring, cause)] += 1
+    return [{"ring": ring, "cause": cause, "count": n} for (ring, cause), n in sorted(counts.items())]
 
 
 def _ack_index(updates: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -202,11 +235,12 @@ def _timeline(rp: Replayed, inputs_by_incident: dict[str, dict[str, list[dict[st
 
 
 def compute(inputs: Inputs, rings: tuple[Ring, ...], *, what_if: tuple[Ring, ...] | None = None,
-            as_of: datetime | None = None) -> dict[str, Any]:
+            as_of: datetime | None = None, ack_windows: Mapping[int, float] | None = None) -> dict[str, Any]:
     """Every figure of the report from the inputs (pure: no I/O).
 
     ``rings`` is the ring table in force (``KAIFONG_RINGS``) for incidents whose state does not
-    record its own; ``what_if`` replays every real incident again under another table.
+    record its own; ``what_if`` replays every real incident again under another table;
+    ``ack_windows`` are the worker's acknowledgement windows per ring (no-shows as it decides).
     """
     window = inputs.window
     as_of = as_of or datetime.now(UTC)
@@ -226,7 +260,8 @@ def compute(inputs: Inputs, rings: tuple[Ring, ...], *, what_if: tuple[Ring, ...
         recorded += table is not None
         # Each incident keeps the ring table it was opened with (the table may change over time).
         real_runs.append(replay(report, mine.get("assignments", []), mine.get("updates", []), table or rings,
-                                min(window.end + timedelta(seconds=max(r.target_s for r in (table or rings))), as_of)))
+                                min(window.end + timedelta(seconds=max(r.target_s for r in (table or rings))), as_of),
+                                ack_windows=ack_windows))
     real = [rp for rp in real_runs if not rp.exercise]
     exercise = [rp for rp in real_runs if rp.exercise]
     figures: dict[str, Any] = {
@@ -240,17 +275,21 @@ def compute(inputs: Inputs, rings: tuple[Ring, ...], *, what_if: tuple[Ring, ...
         "compliance": {"real": _compliance(real, rings), "what_if": None,
                        "exercise": _compliance(exercise, rings)["by_ring"]},
         "response_times": _response_times(real, rings),
+        "segments": _segments(real),
+        "breach_causes": _causes(real),
     }
     per_incident = [{"incident_id": rp.incident_id, "district": rp.report.get("district"),
                      "grid": rp.report.get("grid"), "exercise": rp.exercise,
                      "reported_at": rp.report["reported_at"], "outcome": rp.outcome(),
-                     "location": rp.report["location"], "rings": {str(k): v for k, v in rp.ring_states().items()}}
+                     "location": rp.report["location"], "rings": {str(k): v for k, v in rp.ring_states().items()},
+                     "breach_causes": {str(k): v for k, v in breach_causes(rp).items()}}
                     for rp in real_runs]
     if what_if:
         w_max = max(r.target_s for r in what_if)
         w_horizon = min(window.end + timedelta(seconds=w_max), as_of)
         alt = [replay(rp.report, grouped.get(rp.incident_id, {}).get("assignments", []),
-                      grouped.get(rp.incident_id, {}).get("updates", []), what_if, w_horizon) for rp in real]
+                      grouped.get(rp.incident_id, {}).get("updates", []), what_if, w_horizon, ack_windows=ack_windows)
+               for rp in real]
         figures["compliance"]["what_if"] = _compliance(alt, what_if)
         alt_states = {rp.incident_id: rp.ring_states() for rp in alt}
         for row in per_incident:

@@ -49,6 +49,10 @@ def write_files(figures: dict[str, Any], out: Path) -> list[Path]:
     drill_cols = ["district", "units", "issued", "results", *drillplan.OUTCOMES, "pass_rate", "never_drilled",
                   "failing_repeatedly"]
     _write_csv(out / "drills.csv", drill_cols, [[r[c] for c in drill_cols] for r in figures["drills"]["rows"]])
+    seg_cols = ["ring", "segment", "n", "sum_s", "p50_s", "p90_s", "target_s", "within_target_pct"]
+    _write_csv(out / "segments.csv", seg_cols, [[r[c] for c in seg_cols] for r in figures["segments"]])
+    _write_csv(out / "breach_causes.csv", ["ring", "cause", "count"],
+               [[r["ring"], r["cause"], r["count"]] for r in figures["breach_causes"]])
     _write_csv(out / "slowest.csv",
                ["rank", "incident_id", "district", "grid", "category", "severity", "reported_at", "first_on_scene_s",
                 "status", "rings", "timeline"],

@@ -23,14 +23,16 @@ event time, and lists every ring where the two disagree (the live state topic is
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from kaifong.agents.core import clock
+from kaifong.agents.core import clock, responders
+from kaifong.agents.core.change import RELEASED, Policy, assign, unit_of
 from kaifong.agents.core.errors import Refused
 from kaifong.streams.settings import Ring
 
@@ -49,6 +51,8 @@ class Replayed:
     closed_at: datetime | None = None
     #: Deadlines after this were not decided (the report's horizon for this incident).
     horizon: datetime | None = None
+    #: ``(segment, ring, kind, seconds)`` of every unit answer, as the worker measures them.
+    segments: list[tuple[str, int, str, float]] = field(default_factory=list)
 
     @property
     def incident_id(self) -> str:
@@ -89,41 +93,60 @@ class Replayed:
 
 
 def replay(report: dict[str, Any], assignments: Sequence[dict[str, Any]], updates: Sequence[dict[str, Any]],
-           rings: tuple[Ring, ...], horizon: datetime) -> Replayed:
-    """Replay one incident: open, first assignments, then updates, deadlines and re-dispatches
-    in event-time order, through the worker's own clock functions.
+           rings: tuple[Ring, ...], horizon: datetime, *, ack_windows: Mapping[int, float] | None = None) -> Replayed:
+    """Replay one incident: open, first assignments, then updates, deadlines, acknowledgement
+    windows and re-dispatches in event-time order, through the worker's own clock and responder
+    functions.
 
     ``updates`` must be in the order the worker received them (offset order): it breaks ties
     between updates stamped with the same time. Deadlines after ``horizon`` are left pending.
+    With ``ack_windows`` (ring → seconds, the worker's ``KAIFONG_ACK_WINDOW*``), a unit that
+    neither acknowledged nor moved by the end of its window is a no-show, and a decline releases
+    its unit, as in the worker: later answers from a released unit are refused, as the worker
+    dead-letters them (``unit_not_assigned``).
     """
     reported_at = clock.parse_time(report["reported_at"])
     state = clock.open_incident(report, rings, reported_at)
+    policy = Policy(ack_windows=dict(ack_windows or {}))
     rounds = sorted(assignments, key=lambda a: (int(a.get("attempt", 0)), a["decided_at"], int(a["ring"])))
-    first = [a for a in rounds if int(a.get("attempt", 0)) == 0]
-    if first:
-        state = clock.with_assignments(state, first, reported_at)
-    # (time, order at equal times, arrival order, kind, item): updates before the deadline they
-    # share a timestamp with (an arrival *at* the deadline meets it), re-dispatches after it.
+    # (time, order at equal times, arrival order, kind, item): updates before the deadline or
+    # window they share a timestamp with (an arrival *at* the deadline meets it), re-dispatches
+    # after it.
     seq = itertools.count()
     queue: list[tuple[datetime, int, int, str, Any]] = []
+
+    def assigned(bodies: list[dict[str, Any]], at: datetime) -> None:
+        nonlocal state
+        known = {u["unit_id"] for u in state["units"]}
+        state, _ = assign(state, bodies, at, policy)
+        for u in state["units"]:
+            if u["unit_id"] not in known and u.get("ack_due_at"):
+                heapq.heappush(queue, (clock.parse_time(u["ack_due_at"]), 1, next(seq), "window", u["unit_id"]))
+
+    first = [a for a in rounds if int(a.get("attempt", 0)) == 0]
+    if first:
+        assigned(first, reported_at)
     queue += [(clock.parse_time(u["at"]), 0, next(seq), "update", u) for u in updates]
     queue += [(clock.parse_time(r["deadline_at"]), 1, next(seq), "deadline", int(r["ring"])) for r in state["rings"]]
     queue += [(clock.parse_time(a["decided_at"]), 2, next(seq), "assign", a)
               for a in rounds if int(a.get("attempt", 0)) > 0]
-    queue.sort(key=lambda e: e[:3])
+    heapq.heapify(queue)
     changes: list[tuple[datetime, clock.RingChange]] = []
+    segments: list[tuple[str, int, str, float]] = []
     refused = 0
     closed_at: datetime | None = None
-    for at, _, _, kind, item in queue:
+    while queue:
+        at, _, _, kind, item = heapq.heappop(queue)
         if kind == "update":
             if item["kind"] == "escalation_acknowledged":
                 continue  # acknowledges an escalation; the ring clocks do not see it
             try:
-                state, closed = clock.apply_update(state, item, at)
+                state, closed, measured = _apply(state, item, at)
             except Refused:
                 refused += 1
                 continue
             changes += [(at, c) for c in closed]
+            segments += measured
             if state["status"] in clock.TERMINAL and closed_at is None:
                 closed_at = at
         elif kind == "deadline":
@@ -133,9 +156,71 @@ def replay(report: dict[str, Any], assignments: Sequence[dict[str, Any]], update
             if breached is not None:
                 state = breached
                 changes.append((at, clock.RingChange(item, "breached", None)))
+        elif kind == "window":
+            unit = unit_of(state, item)
+            if unit is not None and unit["status"] == "assigned" and state["status"] not in clock.TERMINAL \
+                    and at <= horizon:
+                unit.update(status="no_show", released_at=at.isoformat())
         else:
-            state = clock.with_assignments(state, [item], at)
-    return Replayed(report, state, changes, refused, closed_at, horizon)
+            assigned([item], at)
+    return Replayed(report, state, changes, refused, closed_at, horizon, segments)
+
+
+def _apply(state: dict[str, Any], update: dict[str, Any], at: datetime
+           ) -> tuple[dict[str, Any], list[clock.RingChange], list[tuple[str, int, str, float]]]:
+    """One update as the worker applies it: a unit's answer only from a unit the incident holds
+    (refused otherwise), with its segment measured; a decline releases the unit."""
+    unit_id = update.get("unit_id")
+    if update["kind"] == "declined" and not unit_id:
+        raise Refused("clock", "missing_field", "declined needs the unit_id")
+    if update["kind"] in responders.UNIT_ANSWERS and unit_id:
+        if state["status"] in clock.TERMINAL:
+            raise Refused("clock", "incident_closed", "closed")
+        held = unit_of(state, unit_id)
+        if held is None or held["status"] in RELEASED:
+            raise Refused("clock", "unit_not_assigned", f"{update['kind']} from a unit not held")
+        if update["kind"] == "declined":
+            if held["status"] in ("en_route", "on_scene"):
+                raise Refused("clock", "decline_after_moving", "declined after moving")
+            state = clock.next_version(state, at)
+            released = unit_of(state, unit_id)
+            assert released is not None
+            released.update(status="declined", released_at=update["at"])
+            return state, [], []
+        state, closed = clock.apply_update(state, update, at)
+        unit = unit_of(state, unit_id)
+        assert unit is not None
+        measured = responders.milestone(unit, update["kind"], update["at"])
+        return state, list(closed), [measured] if measured is not None else []
+    state, closed = clock.apply_update(state, update, at)
+    return state, list(closed), []
+
+
+def breach_causes(rp: Replayed) -> dict[int, str]:
+    """Each breached ring's cause, from its units' times: ``nobody_available`` (no unit was
+    ever assigned to it), ``late_acknowledgement`` (none acknowledged or moved within its
+    window: no-shows and declines), ``late_turnout`` (the first to set off left too late to
+    arrive by the deadline at its ETA), ``long_travel`` (it left in time; the journey took
+    longer than its ETA)."""
+    causes: dict[int, str] = {}
+    for r in rp.state["rings"]:
+        if r["state"] != "breached":
+            continue
+        ring, deadline = int(r["ring"]), clock.parse_time(r["deadline_at"])
+        units = [u for u in rp.state["units"] if int(u["ring"]) == ring]
+        moved = sorted((u for u in units if u.get("en_route_at")), key=lambda u: u["en_route_at"])
+        answered = [u for u in units if u.get("acknowledged_at") or u.get("en_route_at") or u.get("on_scene_at")]
+        if not units:
+            causes[ring] = "nobody_available"
+        elif not answered:
+            causes[ring] = "late_acknowledgement"
+        elif not moved:
+            causes[ring] = "late_turnout"
+        else:
+            u = moved[0]
+            left_by = deadline - timedelta(seconds=float(u.get("eta_s") or 0.0))
+            causes[ring] = "late_turnout" if clock.parse_time(u["en_route_at"]) > left_by else "long_travel"
+    return causes
 
 
 def rings_of_state(state: dict[str, Any]) -> tuple[Ring, ...] | None:

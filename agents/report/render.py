@@ -187,6 +187,17 @@ def render_html(figures: dict[str, Any]) -> str:
                                     rt[str(r["ring"])]["within_target"], fmt_s(rt[str(r["ring"])]["p50"]),
                                     fmt_s(rt[str(r["ring"])]["p90"]), fmt_s(rt[str(r["ring"])]["max"])]
                                    for r in rings]) + "</section>")
+    # -- response segments and breach causes
+    out.append("<section><h2>Response segments</h2><p class=muted>Per assigned unit, event time: acknowledgement "
+               "(assigned → acknowledged), turnout (assigned → en route), travel (en route → on scene); held "
+               "against 15 s, 60 s (NFPA 1710 turnout) and 240 s (travel), 90% objective.</p>")
+    out.append(_table(["ring", "segment", "n", "p50", "p90", "target", "within target"],
+                      [[f"R{r['ring']}", esc(r["segment"]), r["n"], fmt_s(r["p50_s"]), fmt_s(r["p90_s"]),
+                        fmt_s(r["target_s"]), f"{r['within_target_pct']:.1f}%"] for r in figures["segments"]], left=2))
+    out.append("<h3>Breaches by cause</h3>" + _table(
+        ["ring", "cause", "breaches"],
+        [[f"R{r['ring']}", esc(r["cause"].replace("_", " ")), r["count"]] for r in figures["breach_causes"]], left=2)
+        + "</section>")
     # -- slowest
     out.append("<section class=page><h2>Slowest incidents</h2><p class=muted>Ordered by how long the scene "
                "waited for its first unit (when nobody came: until the incident was closed). Dashed lines: ring "

@@ -39,7 +39,8 @@ def generate(settings: Settings, window: Window, out: Path, *, what_if: tuple[Ri
     longest = max(r.target_s for r in (*rings, *(what_if or ())))
     read_until = window.end + timedelta(seconds=longest + UPDATE_MARGIN_S)
     inputs = read_inputs(settings, window, read_until)
-    figures = compute(inputs, rings, what_if=what_if, as_of=as_of or settings.clock()())
+    figures = compute(inputs, rings, what_if=what_if, as_of=as_of or settings.clock()(),
+                      ack_windows=settings.ack_window_table())
     figures["window"]["generated_at"] = datetime.now(UTC).isoformat()
     files = write_files(figures, out)
     html_path = out / "report.html"

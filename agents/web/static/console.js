@@ -11,19 +11,28 @@
   const TERMINAL = new Set(["resolved", "cancelled"]);
   const LEVEL_RANK = { grid: 0, street: 1, district: 2, city: 3 };
   const LEVEL_ZH = { grid: "网格", street: "街道", district: "区", city: "市" };
+  // The escalation schema's reason enum, in words.
   const REASON = {
-    ring_deadline_missed: "ring missed 圈层超时",
+    ring_deadline_missed: "deadline missed 圈层超时",
     no_candidate: "no unit available 无可用单元",
     unit_declined: "unit declined 单元拒绝",
     severity: "severity 1 重大事件",
   };
+  // The default ring table's names (KAIFONG_RINGS may name others: those are shown as they are).
+  const RING_ZH = { self_rescue: "自救", mutual_aid: "互救", grid: "网格", street: "街道", professional: "专业力量" };
+  const DECLINE_REASON = {
+    busy: "busy 忙碌", unreachable: "unreachable 联系不上", no_capacity: "no capacity 力量不足",
+    off_duty: "off duty 不在岗", other: "other 其他",
+  };
+  // Released and replaced: the unit is no longer coming.
+  const RELEASED = new Set(["no_show", "declined"]);
   const CATEGORY_ZH = {
     fire: "火警", medical: "急救", violence: "治安", drowning: "溺水", crowd: "人群聚集",
     traffic: "交通", flood: "内涝", gas: "燃气", other: "其他",
   };
   const STATUS_ZH = {
     open: "待处置", acknowledged: "已接警", en_route: "在途", on_scene: "到场", resolved: "已处置",
-    cancelled: "已取消", assigned: "已派", declined: "拒绝",
+    cancelled: "已取消", assigned: "已派", declined: "拒绝", no_show: "未响应",
   };
   const DRILL_OUTCOMES = [
     ["pass", "pass 通过"], ["late", "late 迟到"], ["fail", "fail 未通过"],
@@ -291,6 +300,12 @@
     where.append(el("span", "district-label", s.district || "—"));
     if (s.grid) where.append(document.createTextNode(` · ${s.grid}`));
     where.append(document.createTextNode(` · reported 报警 ${clockTime(Date.parse(s.reported_at))}`));
+    if (s.needs_met_s !== null && s.needs_met_s !== undefined) {
+      where.append(document.createTextNode(" · "));
+      const met = el("span", "needs-met", `✓ needs met 力量到齐 ${duration(s.needs_met_s)}`);
+      if (s.needs_met_at) met.title = `needs met on scene at ${clockTime(Date.parse(s.needs_met_at))}`;
+      where.append(met);
+    }
     card.append(where);
 
     if (rec.description) card.append(el("p", "desc", rec.description));
@@ -309,19 +324,57 @@
     card.append(rings);
 
     const units = el("ul", "unit-chips");
-    const list = s.units || [];
-    for (const u of list.slice(0, 12)) {
-      const chip = el("li", "unit-chip");
-      chip.dataset.status = u.status;
-      chip.append(el("span", "unit-id", `R${u.ring} ${u.unit_id} · `));
-      chip.append(el("span", "unit-status", `${STATUS_ZH[u.status] || ""} ${u.status}`.trim()));
-      units.append(chip);
-    }
+    // The units still coming first (released ones go last, so the cap never hides a live one).
+    const list = [...(s.units || [])].sort((a, b) => RELEASED.has(a.status) - RELEASED.has(b.status));
+    for (const u of list.slice(0, 12)) units.append(buildUnitChip(u));
     if (list.length > 12) units.append(el("li", "unit-chip", `+${list.length - 12} more`));
     if (!list.length) units.append(el("li", "no-units", "no unit assigned 未派单元"));
     card.append(units);
     card.addEventListener("click", () => highlight(s.incident_id, false));
     return card;
+  }
+
+  // One unit of an incident: ring, id and status; an assigned unit's acknowledgement countdown
+  // (its text kept by tick()), a released unit struck through with why, a stuck unit flagged.
+  function buildUnitChip(u) {
+    const chip = el("li", "unit-chip");
+    chip.dataset.status = u.status;
+    chip.dataset.unit = u.unit_id;
+    chip.append(el("span", "unit-id", `R${u.ring} ${u.unit_id}`), document.createTextNode(" · "));
+    if (RELEASED.has(u.status)) {
+      chip.classList.add("unit-released");
+      const why = u.status === "declined"
+        ? `✕ declined 拒绝${u.decline_reason ? ` (${DECLINE_REASON[u.decline_reason] || u.decline_reason})` : ""}`
+        : "✕ no-show 未响应";
+      const mark = el("span", "unit-status unit-mark", why);
+      if (u.released_at) mark.title = `released 已释放 ${clockTime(Date.parse(u.released_at))}`;
+      chip.append(mark);
+      return chip;
+    }
+    chip.append(el("span", "unit-status", `${STATUS_ZH[u.status] || ""} ${u.status}`.trim()));
+    if (u.status === "assigned" && u.ack_due_at) {
+      const ack = el("span", "unit-ack", "");
+      ack.dataset.due = u.ack_due_at;
+      ack.title = `no answer by ${clockTime(Date.parse(u.ack_due_at))} = no-show 逾时未确认即视为未响应`;
+      chip.append(document.createTextNode(" "), ack);
+      ackText(ack, now());
+    }
+    if (u.stuck) {
+      chip.classList.add("unit-stuck");
+      chip.append(document.createTextNode(" "), el("span", "unit-mark stuck-mark", "⚠ stuck 滞留"));
+      chip.title = `en route far beyond its ETA${u.eta_s ? ` (${Math.round(u.eta_s)} s)` : ""} 在途远超预计`;
+    }
+    return chip;
+  }
+
+  // The seconds left of an assigned unit's acknowledgement window, on the server's clock.
+  function ackText(node, t) {
+    const left = Math.ceil((Date.parse(node.dataset.due) - t) / 1000);
+    const overdue = !(left > 0);
+    setText(node, overdue ? "ack overdue 确认超时" : `ack ${left} s 确认 ${left} 秒`);
+    if (node.classList.contains("overdue") !== overdue) node.classList.toggle("overdue", overdue);
+    const soon = !overdue && left <= 5;
+    if (node.classList.contains("soon") !== soon) node.classList.toggle("soon", soon);
   }
 
   function renderIncidents(list) {
@@ -341,6 +394,14 @@
     return { district: e.district || st.district, grid: e.grid || st.grid, state: st };
   }
 
+  // "ring 2 mutual aid 互救": the ring's configured name from the incident's state when known.
+  function ringLabel(number, state) {
+    const ring = ((state && state.rings) || []).find((r) => r.ring === number);
+    if (!ring) return `ring ${number} 第${number}圈`;
+    const zh = RING_ZH[ring.name];
+    return `ring ${number} ${String(ring.name).replace(/_/g, " ")}${zh ? ` ${zh}` : ""}`;
+  }
+
   function buildEscalation(e) {
     const { district, grid, state } = escalationContext(e);
     const li = el("li", `escalation level-${e.level}`);
@@ -349,8 +410,8 @@
     if (e.acked_at) li.classList.add("acked");
     const head = el("div", "esc-head");
     head.append(el("span", "level", `${LEVEL_ZH[e.level] || ""} ${e.level}`));
-    head.append(el("span", "esc-reason", e.reason === "ring_deadline_missed"
-      ? `R${e.ring} ${REASON[e.reason]}` : (REASON[e.reason] || e.reason)));
+    head.append(el("span", "esc-ring", ringLabel(e.ring, state)));
+    head.append(el("span", "esc-reason", REASON[e.reason] || e.reason));
     if (e.exercise) head.append(el("span", "badge-exercise", "EXERCISE 演练"));
     li.append(head);
     const what = [state.category, state.severity ? `S${state.severity}` : null, district, grid].filter(Boolean);
@@ -381,7 +442,8 @@
     const list = [...open, ...acked];
     reconcile($("escalations"), escalationNodes, list.map((e) => ({
       key: e.escalation_id,
-      sig: `${e.acked_at}|${e.notifications}|${e.sending ? 1 : 0}|${escalationContext(e).state.severity}`,
+      sig: `${e.acked_at}|${e.notifications}|${e.sending ? 1 : 0}|${escalationContext(e).state.severity}|`
+        + ringLabel(e.ring, escalationContext(e).state),
       build: () => buildEscalation(e),
     })));
     $("esc-empty").hidden = list.length > 0;
@@ -571,6 +633,7 @@
       setText(clock.querySelector(".clock-value"), v.text);
       setText(clock.querySelector(".clock-flag"), v.flag);
     }
+    for (const ack of document.querySelectorAll(".unit-ack")) ackText(ack, t);
     for (const card of document.querySelectorAll(".incident")) {
       const rec = S.incidents.get(card.dataset.incident);
       if (!rec) continue;
