@@ -175,6 +175,10 @@ def test_a_no_show_is_released_in_its_window_replaced_before_the_deadline_and_fr
             assert time.monotonic() < deadline_m, "no-show not counted"
             time.sleep(0.2)
         assert worker.metric("kaifong_redispatches_total", ring="1", cause="no_show", exercise="false") == 1
+        # The no-show counts in its readiness as an unanswered drill would (no_answer scores 0).
+        r = redis.Redis.from_url(settings.redis_url)
+        assert r.hget("kf:readiness", "ns-a") == b"0.0000"
+        assert r.hget("kf:readiness", "ns-b") is None
         took = (decided - datetime.fromisoformat(first["decided_at"])).total_seconds()
         print(f"\nno-show released and replaced {took:.2f} s "
               f"after its assignment (window 3 s), {time.time() - reported_at:.1f} s after the report")
