@@ -176,6 +176,8 @@ def validate(name: str, data: Any) -> dict[str, Any]:
     _canonical_times(data)
     try:
         contract(name).check(data)
+    except RecursionError:  # the compiled check recurses too: ~500 levels exhaust the stack
+        raise InvalidEvent("not_json", ["a value is nested too deeply"]) from None
     except fastjsonschema.JsonSchemaException:
         # The reference validator skips `format` without optional packages, so a time the
         # compiled check refused on format alone is re-checked here.

@@ -62,3 +62,16 @@ def test_boundary_coordinates_accepted() -> None:
 def test_huge_value_reason_is_bounded() -> None:
     err = refuse(orjson.dumps({**GOOD, "status": "x" * 100_000}))
     assert all(len(r) < 1000 for r in err.reasons)
+
+
+@pytest.mark.parametrize("depth", [500, 1000])
+def test_a_deeply_nested_value_is_refused_not_json_not_a_crash(depth: int) -> None:
+    # The compiled schema check recursed past the stack at ~500 levels (orjson parses 1,024):
+    # a RecursionError instead of a refusal (found by tests/test_fuzz.py).
+    raw = (b'{"unit_id": "A", "kind": "post", "name": "x", "district": "d", "police_grid": "p", "grid": "g", '
+           b'"venue": {"id": "A9", "type": "mall"}, "home": {"lat": 1, "lon": 2}, "responders": 1, '
+           b'"equipment": ' + b"[" * depth + b"]" * depth + b"}")
+    with pytest.raises(InvalidEvent) as refused:
+        parse("unit-registered", raw, max_bytes=262_144)
+    assert refused.value.error_class == "not_json"
+    assert refused.value.reasons == ["a value is nested too deeply"]

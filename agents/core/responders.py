@@ -179,14 +179,20 @@ def _needs_met(doc: dict[str, Any], state: dict[str, Any], policy: Policy) -> bo
     return responders >= need.responders and need.equipment <= equipment
 
 
-def declined(doc: dict[str, Any], update: dict[str, Any], now: datetime, policy: Policy) -> Change | Redispatch:
-    """A unit turns its assignment down: released at once and its ring decided again; when
-    nobody is left to send, a ``unit_declined`` escalation goes one level up."""
+def may_decline(doc: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """The entry of the declining unit; refused as :func:`holding` says, and once it set off."""
     unit = holding(doc, update)
     if unit["status"] in ("en_route", "on_scene"):
         raise Refused("clock", "decline_after_moving",
                       f"unit {unit['unit_id']} declined incident {update['incident_id']} after reporting "
                       f"{unit['status']}: a unit on its way is released by the duty officer, not by a decline")
+    return unit
+
+
+def declined(doc: dict[str, Any], update: dict[str, Any], now: datetime, policy: Policy) -> Change | Redispatch:
+    """A unit turns its assignment down: released at once and its ring decided again; when
+    nobody is left to send, a ``unit_declined`` escalation goes one level up."""
+    unit = may_decline(doc, update)
     change = _release(doc, update["unit_id"], "declined", update["at"], now, reason=update.get("reason") or "other",
                       applied=_applied(doc, update))
     return _redispatch_or_change(doc, change, unit["ring"], "declined", policy=policy,

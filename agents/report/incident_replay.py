@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kaifong.agents.core import clock, responders
-from kaifong.agents.core.change import RELEASED, Policy, assign, unit_of
+from kaifong.agents.core.change import Policy, assign, unit_of
 from kaifong.agents.core.errors import Refused
 from kaifong.streams.settings import Ring
 
@@ -176,17 +176,14 @@ def _apply(state: dict[str, Any], update: dict[str, Any], at: datetime
     if update["kind"] in responders.UNIT_ANSWERS and unit_id:
         if state["status"] in clock.TERMINAL:
             raise Refused("clock", "incident_closed", "closed")
-        held = unit_of(state, unit_id)
-        if held is None or held["status"] in RELEASED:
-            raise Refused("clock", "unit_not_assigned", f"{update['kind']} from a unit not held")
         if update["kind"] == "declined":
-            if held["status"] in ("en_route", "on_scene"):
-                raise Refused("clock", "decline_after_moving", "declined after moving")
+            responders.may_decline({"state": state}, update)  # the worker's refusals
             state = clock.next_version(state, at)
             released = unit_of(state, unit_id)
             assert released is not None
             released.update(status="declined", released_at=update["at"])
             return state, [], []
+        responders.holding({"state": state}, update)
         state, closed = clock.apply_update(state, update, at)
         unit = unit_of(state, unit_id)
         assert unit is not None
