@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from kaifong.agents.tools import seats_cli
 from kaifong.streams.settings import Settings
 
 PROCESS_START = time.time()
@@ -542,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     cg.add_argument("--units", type=int, default=23000)
     cg.add_argument("--out", default="city.jsonl", help="output file (.csv for CSV, else JSON lines)")
     cg.add_argument("--geo", default="", help="also write district outlines (JSON) for maps")
+    seats_cli.add_parser(sub)
     return parser
 
 
@@ -559,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         command = f"units-{args.units_command}"
     elif command == "city":
         command = f"city-{args.city_command}"
+    elif command == "seats":
+        return int(args.func(args))
     try:
         return COMMANDS[command](args)
     except ValueError as exc:  # bad settings

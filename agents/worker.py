@@ -22,8 +22,11 @@ from kaifong.agents.flows.drills import Drills
 from kaifong.agents.flows.firehose import Supervisor
 from kaifong.agents.flows.incidents import Incidents
 from kaifong.agents.flows.intake import Pipeline
+from kaifong.agents.flows.notify import Notifier
+from kaifong.agents.flows.seatbook import SeatsFile
 from kaifong.agents.flows.timers import TimerLoop
 from kaifong.agents.flows.units import UnitsIntake
+from kaifong.agents.store.notify import NotifyStore
 from kaifong.agents.store.timers import RingClock
 from kaifong.agents.store.units import UnitStore
 from kaifong.agents.store.views import Views
@@ -67,6 +70,15 @@ class Worker:
         self.incidents.on_dispatched = self.drills.abort_for_units
         self.incidents.on_no_show = self.drills.count_no_shows
         self.units = UnitsIntake(settings, self.redis, self.store, _now)
+        # Duty seats (an invalid file stops the start, every reason named) and notifications.
+        self.seats = SeatsFile.load(settings.seats_file, settings.seats_reload_s) if settings.seats_file else None
+        self.views = Views(self.redis, settings.topic_prefix)
+        self.notifier = Notifier(settings, self.views, NotifyStore(self.redis, settings.topic_prefix, self.store.run),
+                                 _now)
+        if self.seats is not None:
+            seats = self.seats
+            self.incidents.seats = lambda: seats.book
+        self.incidents.on_escalations = self.notifier.wake
         # The firehose in its own process (default) or inline: see kaifong.agents.flows.firehose.
         self.firehose = Supervisor(settings, self.units.joined) if settings.firehose == "process" else None
         self.gauges = gauges.Gauges(settings, self.incidents.incidents, self.timers, self.store, self.owned_partitions,
@@ -111,6 +123,17 @@ class Worker:
                 await self.firehose.run()
         else:
             app.early_tasks.append(self.units.run)
+
+        @app.task
+        async def notifier() -> None:
+            await self.notifier.run()
+
+        if self.seats is not None:
+            seats = self.seats
+
+            @app.task
+            async def seats_reload() -> None:
+                await seats.watch()
 
         @app.task
         async def registry_cache() -> None:
@@ -166,7 +189,7 @@ class Worker:
         # Broker data loss: detect, report, recreate topics; /ready then also needs the broker.
         ready = brokerwatch.register(app, self.settings, self.is_ready)
         web.register(app, WebServices(
-            settings=self.settings, views=Views(self.redis, self.settings.topic_prefix), send_all=self.send_all,
+            settings=self.settings, views=self.views, send_all=self.send_all,
             drills=self.drills, is_ready=ready, started_monotonic=self.started_monotonic,
             ready_after_s=lambda: self.ready_after_s,
             child_metrics=self.firehose.child_metrics if self.firehose is not None else None))

@@ -210,3 +210,28 @@ BROKER_DATA_LOSS = Gauge("kaifong_broker_data_loss", "1 once this worker saw the
                          "everything in memory). Stays 1 until the worker restarts; page on it.")
 BROKER_REACHABLE = Gauge("kaifong_broker_reachable", "Watchdog: 1 when the last metadata/offsets request "
                          "to the broker succeeded.")
+
+
+# -- duty seats and notifications (agents.flows.seatbook, agents.flows.notify) ------------------------
+SEATS = Gauge("kaifong_seats", "Duty seats in the seats file in use, by level.", ["level"])
+SEATS_RELOADS = Counter("kaifong_seats_reloads_total", "Reads of the seats file by outcome (ok; invalid: "
+                        "the previous seats stay in use and every reason is logged).", ["outcome"])
+ESCALATIONS_UNROUTED = Counter("kaifong_escalations_routed_up_total", "Escalations addressed to a higher level "
+                               "than raised (no seat of their level covered the incident or was on duty), by "
+                               "the level raised and the level told.", ["raised", "told"])
+NOTIFY_PUSHES = Counter("kaifong_notify_pushes_total", "Pushes to an Alertmanager (/api/v2/alerts) by target "
+                        "(host:port of KAIFONG_ALERTMANAGER_URLS) and outcome (ok, error).", ["target", "outcome"])
+NOTIFY_RETRIES = Counter("kaifong_notify_retries_total", "Pushes tried again after a failure (with backoff), by "
+                         "target.", ["target"])
+NOTIFY_ALERTS = Counter("kaifong_notify_alerts_total", "Alerts delivered to at least one Alertmanager, by state "
+                        "(firing: raised or kept alive; resolved: acknowledged or the incident closed).", ["state"])
+NOTIFY_PENDING = Gauge("kaifong_notify_pending", "Alert changes (new, resolved) that no Alertmanager has accepted "
+                       "yet; they go out once one answers.")
+NOTIFY_FIRING = Gauge("kaifong_notify_firing", "Escalation alerts held open in Alertmanager (one per escalation "
+                      "and seat).")
+NOTIFY_LAST_OK = Gauge("kaifong_notify_last_success_timestamp_seconds", "When an Alertmanager last accepted a "
+                       "push (Unix time), by target.", ["target"])
+NOTIFY_LATENCY = Histogram("kaifong_notify_seconds", "Escalation raised → first accepted by an Alertmanager.",
+                           buckets=_E2E_BUCKETS)
+AUDIT = Counter("kaifong_audit_events_total", "Human actions recorded on the audit topic, by action and outcome "
+                "(ok, refused).", ["action", "outcome"])

@@ -114,6 +114,9 @@ class Settings:
                       "Ring table, `name:seconds,…` in order (ring 1 first).")
     max_event_bytes: int = _opt("KAIFONG_MAX_EVENT_BYTES", 256 * 1024,
                                 "Largest accepted input event; larger ones are dead-lettered.")
+    max_events_per_request: int = _opt("KAIFONG_MAX_EVENTS_PER_REQUEST", 1000,
+                                       "Most events one `POST /api/events` request may carry: a longer array "
+                                       "is refused whole (413 too_many_events) before any event is checked.")
     dedupe_ttl_s: int = _opt("KAIFONG_DEDUPE_TTL_S", 7 * 24 * 3600,
                              "How long an event_id is remembered for duplicate detection.")
     session_timeout_s: float = _opt("KAIFONG_BROKER_SESSION_TIMEOUT_S", 6.0,
@@ -228,6 +231,35 @@ class Settings:
     api_token: str = _opt("KAIFONG_API_TOKEN", "",
                           "Bearer token for HTTP writes (and for everything when the web port "
                           "is bound beyond loopback). Secret: never logged.")
+    seats_file: str = _opt("KAIFONG_SEATS_FILE", "",
+                           "Duty seats (JSON or YAML, schema `seats`): escalations are addressed to the "
+                           "on-duty seats of their level and jurisdiction, seats sign in with their own "
+                           "tokens. Re-read when it changes. Empty: no routing, one shared token. "
+                           "`kaifong up` writes one for the synthetic city.")
+    seats_reload_s: float = _opt("KAIFONG_SEATS_RELOAD_S", 2.0,
+                                 "Look at the seats file's modification time this often (a change is "
+                                 "re-read and checked; an invalid file keeps the previous seats).")
+    alertmanager_urls: str = _opt("KAIFONG_ALERTMANAGER_URLS", "",
+                                  "Alertmanager base URLs (comma-separated, every one of an HA pair): each open "
+                                  "escalation is pushed to /api/v2/alerts of each, kept alive while open and "
+                                  "resolved when acknowledged or closed. Empty: console and log only.")
+    notify_interval_s: float = _opt("KAIFONG_NOTIFY_INTERVAL_S", 2.0,
+                                    "Look for escalations to push (or resolve) this often; the worker that "
+                                    "raised one also pushes it at once.")
+    notify_keepalive_s: float = _opt("KAIFONG_NOTIFY_KEEPALIVE_S", 60.0,
+                                     "Re-push every open escalation this often; each push holds it open in "
+                                     "Alertmanager for 5 of these (a kaifong that died stops holding it).")
+    console_url: str = _opt("KAIFONG_CONSOLE_URL", "",
+                            "The console's address as duty officers reach it (links in notifications); "
+                            "default http://<web host>:<web port>.")
+    auth_signing_key: str = _opt("KAIFONG_AUTH_SIGNING_KEY", "",
+                                 "HS256 key that signs seat tokens (`kaifong seats token SEAT`) in the embedded "
+                                 "mode. Secret: never logged. Empty with a seats file: derived from "
+                                 "KAIFONG_API_TOKEN.")
+    auth_issuers: str = _opt("KAIFONG_AUTH_ISSUERS", "",
+                             "OIDC issuers whose RS256/ES256 tokens are accepted: `issuer=path-to-PEM-public-key` "
+                             "(comma-separated). Claims: `seat` (a seat id), `role` (viewer, dispatcher, admin).")
+    auth_audience: str = _opt("KAIFONG_AUTH_AUDIENCE", "kaifong", "The `aud` every seat token must carry.")
     embedded_broker_port: int = _opt("KAIFONG_EMBEDDED_BROKER_PORT", 19092,
                                      "`kaifong up`: port of the embedded Tansu broker.")
     embedded_redis_port: int = _opt("KAIFONG_EMBEDDED_REDIS_PORT", 16379,
@@ -290,7 +322,7 @@ class Settings:
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked (safe to log or print)."""
         out = dataclasses.asdict(self)
-        for secret in ("api_token", "kafka_sasl_password"):
+        for secret in ("api_token", "kafka_sasl_password", "auth_signing_key"):
             if out[secret]:
                 out[secret] = "***"
         for url in ("broker_url", "redis_url"):  # a password in a URL's userinfo

@@ -257,6 +257,9 @@ class Simulator:
             "location": {"lat": round(anchor.lat + d_lat, 6), "lon": round(anchor.lon + d_lon, 6)},
             "district": anchor.district, "grid": anchor.grid, "source": _pick(rng, SOURCES), "exercise": exercise,
         }
+        street = self.city.grids.get(anchor.grid, {}).get("street") if self.city else None
+        if street:
+            body["street"] = street
         if rng.random() < 0.5:
             body["venue_id"] = anchor.venue_id
         self._open[incident_id] = {"arrived": False, "units": set(), "exercise": exercise, "opened": self.now()}

@@ -62,7 +62,7 @@ def open_incident(report: dict[str, Any], rings: tuple[Ring, ...], now: datetime
     [(1, '2026-11-29T08:01:00+08:00', 'pending'), (2, '2026-11-29T08:03:00+08:00', 'pending')]
     """
     reported_at = parse_time(report["reported_at"])
-    return {
+    state = {
         "incident_id": report["incident_id"],
         "version": 1,
         "status": "open",
@@ -84,6 +84,9 @@ def open_incident(report: dict[str, Any], rings: tuple[Ring, ...], now: datetime
         "units": [],
         "escalation_level": None,
     }
+    if report.get("street"):  # only when named: states of reports without one stay as they were
+        state["street"] = report["street"]
+    return state
 
 
 def _next(state: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -233,6 +236,8 @@ def escalate(state: dict[str, Any], ring: int, reason: str, now: datetime, attem
     }
     if state.get("district"):
         body["district"] = state["district"]
+    if state.get("street"):
+        body["street"] = state["street"]
     if state.get("grid"):
         body["grid"] = state["grid"]
     return new, body

@@ -35,6 +35,7 @@ from kaifong.agents.core import incident as core
 from kaifong.agents.core.dispatch import MAX_CONFLICT_RETRIES, Plan, nobody, outcome_of, view_of
 from kaifong.agents.core.errors import Duplicate, Refused
 from kaifong.agents.core.matching import Candidate, IncidentView, RingDecision
+from kaifong.agents.core.seats import SeatBook, address_change
 from kaifong.agents.flows.dispatch import Dispatcher
 from kaifong.agents.flows.intake import current_message
 from kaifong.agents.store.incidents import IncidentStore, Record, origin_of
@@ -126,6 +127,11 @@ class Incidents:
     on_dispatched: Callable[[list[str]], Awaitable[None]] | None = None
     #: Called with the units released as no-shows (the drills flow counts them in readiness).
     on_no_show: Callable[[list[str], datetime], Awaitable[None]] | None = None
+    #: The duty seats in use (None: no seats file, escalations are not addressed).
+    seats: Callable[[], SeatBook | None] = lambda: None
+    #: Called after a stored change raised, acknowledged or closed escalations (the notifier
+    #: pushes to Alertmanager at once instead of at its next round).
+    on_escalations: Callable[[], None] | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     incidents: IncidentStore = field(init=False)
     policy: core.Policy = field(init=False)
@@ -172,8 +178,19 @@ class Incidents:
     async def _apply(self, change: core.Change) -> tuple[list[str], list[Record]]:
         """Store ``change`` with its encoded records; the units that could not be reserved."""
         topics = (self.state_topic, self.dispatcher.topic, self.escalation_topic)
-        records = [encode(kind, body, topics, self.clock()) for kind, body in change.publish]
-        return await self.incidents.apply(change, records, self._now_ms()), records
+        now = self.clock()
+        change = address_change(change, self.seats(), now)  # escalations name their duty seats
+        records = [encode(kind, body, topics, now) for kind, body in change.publish]
+        failed = await self.incidents.apply(change, records, self._now_ms())
+        if not failed:
+            for kind, body in change.publish:
+                if kind == "escalation" and not body["notification"] and body.get("seat_level", body["level"]) != \
+                        body["level"]:
+                    metrics.ESCALATIONS_UNROUTED.labels(body["level"], body["seat_level"]).inc()
+            if self.on_escalations is not None and (change.escalations or change.escalations_closed or
+                                                    change.acknowledged is not None or change.close):
+                self.on_escalations()
+        return failed, records
 
     async def _send(self, incident_id: str, records: list[Record]) -> None:
         """Send a stored change's records, then forget its outbox."""

@@ -163,3 +163,13 @@ REPORTS = "kf:reports"
 def report_claim(day: str) -> str:
     """A worker's claim on making local ``day``'s report (expires, so a dead maker hands it on)."""
     return f"kf:reports:claim:{day}"
+
+
+def notify_leader(prefix: str) -> str:
+    """The notifier's lease (one worker pushes escalations to Alertmanager)."""
+    return f"kf:notify:leader:{prefix}"
+
+
+def notify_firing(prefix: str) -> str:
+    """Hash alert key → the alert last pushed as firing (so a new leader can resolve it)."""
+    return f"kf:notify:firing:{prefix}"
