@@ -67,12 +67,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         settings = Settings.from_env(env)
         wait_for_broker(settings)
         ensure_topics(settings)
+        notify_line = seats_cli.up_notifications(base, env, workdir, stack)
         print(f"kaifong up — broker  {stack.broker_url}  (Tansu, MEMORY ONLY: every event is lost when it stops)")
         print(f"             redis   {settings.redis_url}" + ("  (external)" if external_redis else
                                                               "  (embedded Valkey, not persisted)"))
         print(f"             web     http://{settings.web_host}:{settings.web_port}/  "
               "(/health /ready /metrics)")
         print(f"             logs    {workdir}")
+        print(notify_line)
         print("The embedded mode is for development and demos; production runs on Kafka/Redpanda "
               "and Redis (README, Production). Ctrl-C stops everything.", flush=True)
         if args.accelerate != 1.0:

@@ -161,6 +161,26 @@ def valkey(port: int, workdir: Path, *, appendonly: bool = False) -> Service:
     )
 
 
+def alertmanager_binary() -> str | None:
+    """Path of the Alertmanager binary (Debian: ``prometheus-alertmanager``), or None."""
+    return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+def alertmanager(port: int, workdir: Path, config: Path) -> Service:
+    """An Alertmanager on ``127.0.0.1:port`` with ``config``, no clustering, data in ``workdir``."""
+    binary = alertmanager_binary()
+    if binary is None:
+        raise FileNotFoundError("no Alertmanager binary (Debian: apt-get install prometheus-alertmanager)")
+    data = workdir / "alertmanager"
+    data.mkdir(parents=True, exist_ok=True)
+    return Service(
+        "alertmanager",
+        [binary, f"--config.file={config}", f"--storage.path={data}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
+        port, workdir / "alertmanager.log",
+    )
+
+
 @dataclass
 class EmbeddedStack:
     """A broker and (optionally) a Redis for one process tree: ``kaifong up`` and tests."""

@@ -264,6 +264,9 @@ class Settings:
                                      "`kaifong up`: port of the embedded Tansu broker.")
     embedded_redis_port: int = _opt("KAIFONG_EMBEDDED_REDIS_PORT", 16379,
                                     "`kaifong up`: port of the embedded Valkey.")
+    embedded_alertmanager_port: int = _opt("KAIFONG_EMBEDDED_ALERTMANAGER_PORT", 19093,
+                                           "`kaifong up`: port of the Alertmanager it starts (when installed "
+                                           "and KAIFONG_ALERTMANAGER_URLS is empty).")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -40,11 +40,7 @@ BUILTIN_KINDS = {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "P
 #: A mainstream supported release and the newest the installed kubernetes-validate ships.
 K8S_FLOOR = "1.30.0"
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-#: Variables deploy files set for a reader that is not (yet) a Settings field: the escalation
-#: pusher's Alertmanager URLs (tests/test_alertmanager_config.py checks them). Empty once the
-#: field exists, so the typo check is back to full strength.
-PENDING_ENV = {"KAIFONG_ALERTMANAGER_URLS"} - {env for env, _, _ in Settings.describe()}
-KNOWN_ENV = {env for env, _, _ in Settings.describe()} | PENDING_ENV
+KNOWN_ENV = {env for env, _, _ in Settings.describe()}
 
 
 # -- helpers ----------------------------------------------------------------------------------

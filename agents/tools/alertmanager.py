@@ -64,7 +64,7 @@ def matcher(label: str, op: str, value: str) -> str:
 
     >>> matcher("district", "=", "越秀区")
     'district="越秀区"'
-    >>> print(matcher("x", "=", 'a "b" \ c'))
+    >>> print(matcher("x", "=", 'a "b" \\ c'))
     x="a \"b\" \\ c"
     """
     if op not in ("=", "!=", "=~", "!~"):
@@ -337,7 +337,8 @@ def dump(config: Mapping[str, Any]) -> str:
     if (config.get("global") or {}).get("wechat_api_secret") == WECHAT_SECRET_PLACEHOLDER:
         header.append(f"# {WECHAT_SECRET_PLACEHOLDER}: replace with the WeChat Work app secret at deploy time "
                       "(Alertmanager 0.25 has no wechat_api_secret_file).")
-    body = yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True, default_flow_style=False, width=10_000)
+    body: str = yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True, default_flow_style=False,
+                               width=10_000)
     return "\n".join(header) + "\n" + body
 
 

@@ -116,6 +116,40 @@ def cmd_alertmanager(args: argparse.Namespace) -> int:
     return 0
 
 
+def up_notifications(base: Settings, env: dict[str, str], workdir: Path, stack: Any) -> str:
+    """``kaifong up``: the synthetic city's seats (unless KAIFONG_SEATS_FILE names a file) and an
+    Alertmanager routing to them (when installed, unless KAIFONG_ALERTMANAGER_URLS is set);
+    the line that says where notifications go."""
+    from kaifong.agents.tools import alertmanager
+    from kaifong.streams.embedded import alertmanager as am_service
+    from kaifong.streams.embedded import alertmanager_binary
+
+    seats_path = Path(base.seats_file) if base.seats_file else workdir / "seats.json"
+    if not base.seats_file:
+        hooks = f"http://{base.web_host}:{base.web_port}/api/notifications"
+        seats_path.write_bytes(orjson.dumps(default_seats(hooks), option=orjson.OPT_INDENT_2))
+        env["KAIFONG_SEATS_FILE"] = str(seats_path)
+    if base.alertmanager_urls:
+        return f"             notify  {base.alertmanager_urls}  (KAIFONG_ALERTMANAGER_URLS); seats {seats_path}"
+    if alertmanager_binary() is None:
+        return ("             notify  Alertmanager is not installed (Debian: apt-get install "
+                "prometheus-alertmanager):\n                     escalations reach the console, the escalations "
+                "topic and the log only")
+    import yaml
+
+    text = seats_path.read_bytes()
+    data = yaml.safe_load(text) if seats_path.suffix in (".yaml", ".yml") else orjson.loads(text)
+    config = workdir / "alertmanager.yml"
+    config.write_text(alertmanager.dump(alertmanager.render(data, group_wait="2s", group_interval="30s")),
+                      encoding="utf-8")
+    service = am_service(base.embedded_alertmanager_port, workdir, config)
+    service.start()
+    stack.services.append(service)  # stopped with the broker and Redis
+    url = f"http://127.0.0.1:{base.embedded_alertmanager_port}"
+    env["KAIFONG_ALERTMANAGER_URLS"] = url
+    return f"             notify  {url}/  (Alertmanager; routes to the seats in {seats_path})"
+
+
 def add_parser(sub: Any) -> None:
     """Add ``kaifong seats …`` to the CLI's sub-commands."""
     seats = sub.add_parser("seats", help="duty seats: check a file, mint a token, defaults, Alertmanager config"
