@@ -192,7 +192,8 @@ class Worker:
             settings=self.settings, views=self.views, send_all=self.send_all,
             drills=self.drills, is_ready=ready, started_monotonic=self.started_monotonic,
             ready_after_s=lambda: self.ready_after_s,
-            child_metrics=self.firehose.child_metrics if self.firehose is not None else None))
+            child_metrics=self.firehose.child_metrics if self.firehose is not None else None,
+            seats=lambda: self.seats.book if self.seats else None))
         if self.settings.watchdog_interval_s > 0:
             watchdog.register(app, self.settings)
 

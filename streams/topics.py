@@ -63,10 +63,12 @@ DRILLS_RESULTS = TopicSpec("drills.results.v1", "drill_id", "drill-result", "out
                            retention_ms=90 * DAY_MS, doc="Pull-test outcomes.")
 DEADLETTER = TopicSpec("deadletter.v1", "original key", "dead-letter", "output",
                        retention_ms=30 * DAY_MS, doc="Everything refused, with the reason.")
+AUDIT = TopicSpec("audit.v1", "seat (or service)", "audit", "output", retention_ms=400 * DAY_MS,
+                  doc="Human actions on the web port (acknowledgements, drill orders, sign-ins), done or refused.")
 
 CATALOGUE: tuple[TopicSpec, ...] = (
     INCIDENTS_REPORTED, INCIDENTS_UPDATES, UNITS_REGISTRY, UNITS_STATUS, DRILLS_RESPONSES,
-    ASSIGNMENTS, ESCALATIONS, INCIDENTS_STATE, DRILLS_ISSUED, DRILLS_RESULTS, DEADLETTER,
+    ASSIGNMENTS, ESCALATIONS, INCIDENTS_STATE, DRILLS_ISSUED, DRILLS_RESULTS, DEADLETTER, AUDIT,
 )
 
 INPUTS: tuple[TopicSpec, ...] = tuple(t for t in CATALOGUE if t.role == "input")

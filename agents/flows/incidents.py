@@ -111,6 +111,17 @@ def encode(kind: str, body: dict[str, Any], topics: tuple[str, str, str], now: d
     return (escalation_topic, incident_id.encode(), orjson.dumps(body), headers)
 
 
+def stored(change: core.Change, on_escalations: Callable[[], None] | None) -> None:
+    """After a change is stored: count escalations told above their level; wake the notifier
+    when escalations were raised, acknowledged or closed."""
+    for kind, body in change.publish:
+        if kind == "escalation" and not body["notification"] and body.get("seat_level", body["level"]) != body["level"]:
+            metrics.ESCALATIONS_UNROUTED.labels(body["level"], body["seat_level"]).inc()
+    if on_escalations is not None and (change.escalations or change.escalations_closed or
+                                       change.acknowledged is not None or change.close):
+        on_escalations()
+
+
 @dataclass
 class Incidents:
     """Handlers for reports, updates and timers of incidents."""
@@ -183,13 +194,7 @@ class Incidents:
         records = [encode(kind, body, topics, now) for kind, body in change.publish]
         failed = await self.incidents.apply(change, records, self._now_ms())
         if not failed:
-            for kind, body in change.publish:
-                if kind == "escalation" and not body["notification"] and body.get("seat_level", body["level"]) != \
-                        body["level"]:
-                    metrics.ESCALATIONS_UNROUTED.labels(body["level"], body["seat_level"]).inc()
-            if self.on_escalations is not None and (change.escalations or change.escalations_closed or
-                                                    change.acknowledged is not None or change.close):
-                self.on_escalations()
+            stored(change, self.on_escalations)
         return failed, records
 
     async def _send(self, incident_id: str, records: list[Record]) -> None:

@@ -242,7 +242,7 @@ def _seat_route(seat_id: str, *, exercise: bool = False) -> dict[str, Any]:
 
 
 def _level_route(level: str, seats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One level's node: per district (when derivable) then per seat; seat-less districts last."""
+    """One level's node: per district (when derivable) then per seat; seats with no derivable district last."""
     by_district: dict[str, list[str]] = {}
     loose: list[str] = []
     for seat in seats:

@@ -1,23 +1,44 @@
-"""kaifong.agents.web.auth — who may call what on the web port (bearer token, loopback rule), counted by route.
+"""kaifong.agents.web.auth — who may call what on the web port: credentials, loopback rule, sign-in.
 
-Layer: agents/web. :class:`Guard` is the one place that decides, once per request, in an aiohttp
-middleware (:meth:`Guard.middleware`) in front of every route, Faust's views included;
+Layer: agents/web. :class:`Guard` decides once per request, in an aiohttp middleware
+(:meth:`Guard.middleware`) in front of every route, Faust's views included, and leaves the caller's
+:class:`~kaifong.agents.web.identity.Principal` on the request (:func:`principal_of`); handlers
+then check the role and the jurisdiction of what they act on (403). :class:`SessionApi` is
+``/api/session``: sign in with a token in the body (never in the URL), sign out, who am I.
 :func:`security_headers` puts the security headers on every answer.
+
+Credentials: ``Authorization: Bearer <token>`` (the service token ``KAIFONG_API_TOKEN`` or a seat
+token), or the ``kf_session`` cookie that ``POST /api/session`` sets (HttpOnly, SameSite=Strict;
+it holds the seat's own token, or for a service-token sign-in a session minted here — never the
+API token). A write carried by the cookie must also come from this origin (``Origin`` /
+``Sec-Fetch-Site``): SameSite=Strict plus that check is the CSRF protection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 
-from kaifong.agents.web.responses import error
+from kaifong.agents.core.seats import SeatBook
+from kaifong.agents.web.audit import Trail
+from kaifong.agents.web.identity import (
+    ANONYMOUS,
+    DEVELOPER,
+    SERVICE,
+    Identity,
+    Principal,
+    Refusal,
+    same_secret,
+    signing_key,
+)
+from kaifong.agents.web.responses import error, json_response, read_limited, too_large
 from kaifong.streams import metrics
 from kaifong.streams.settings import Settings
 
@@ -25,10 +46,22 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Routes a Kubernetes probe calls: they carry no secret and expose nothing, so never guarded.
 OPEN_ROUTES = frozenset({"/health", "/ready"})
+#: The console's page and files: open to anybody (they hold no data; the page must load to
+#: show its sign-in form). Credentials sent to them are ignored.
+PAGE_ROUTES = frozenset({"/", "/static/{name}", "/favicon.ico"})
+#: Sign in, sign out, who am I.
+SESSION_ROUTE = "/api/session"
+#: HTTP ingest: the service token's (upstream systems), not a seat's.
+SERVICE_ROUTES = frozenset({"/api/events", "/api/events/{type}"})
 #: Route label of requests that matched no route (bounded: never the raw path).
 UNMATCHED = "unmatched"
-#: Cookie that lets a browser that opened the console with ``?token=`` read (never write).
-CONSOLE_COOKIE = "kf_console"
+#: The console's session cookie (see the module's docstring).
+SESSION_COOKIE = "kf_session"
+#: Where the middleware leaves the caller on the request.
+PRINCIPAL_KEY = "kf_principal"
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Largest sign-in body (``{"token": "<a JWT>"}``).
+SESSION_BODY_MAX = 16 * 1024
 
 # Response headers of every answer. The CSP matches the console's own (no inline script or
 # style, nothing from another origin); on JSON it costs nothing and stops content sniffing.
@@ -67,65 +100,120 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED
 
 
+def principal_of(request: web.Request) -> Principal:
+    """The caller the guard found (anonymous, reads only, when no guard ran: a bare handler test)."""
+    found = request.get(PRINCIPAL_KEY)
+    return found if isinstance(found, Principal) else ANONYMOUS
+
+
+def forbidden(code: str, message: str) -> web.Response:
+    """403: a valid credential without the right (``forbidden_role``, ``out_of_scope``, …)."""
+    return error(403, code, message)
+
+
+def role_refusal(principal: Principal, role: str, action: str) -> str | None:
+    """Why ``principal`` may not ``action`` (it needs ``role``), None when it may."""
+    if principal.may(role):
+        return None
+    return f"{action} needs the {role} role or stronger; this credential is {principal.role or 'anonymous'}"
+
+
+def _no_seats() -> SeatBook | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Guard:
     """Who may call what, decided once per request, and the request counters.
 
-    - /health and /ready: always open (probes carry no secret; they reveal nothing);
-    - writes (anything but GET/HEAD/OPTIONS): the bearer token, unless none is configured on a
-      loopback-only port (development);
-    - reads: open on a loopback-only port; beyond loopback the bearer token, or the console
-      cookie (a browser cannot put a header on an EventSource or a ``<script src>``).
+    - /health and /ready, the console's page and files: always open (no data in them);
+    - a credential sent is checked (401 when invalid) — except that without a seats file a wrong
+      token on a loopback read is ignored, as it always was;
+    - writes (anything but GET/HEAD/OPTIONS): a credential; without a seats file and without a
+      token on a loopback-only port, anybody (development, as before). HTTP ingest: the service
+      token only (403 for a seat). Acknowledging and ordering drills: the handlers check role and
+      jurisdiction (403);
+    - reads: open on a loopback-only port (anonymous callers see the whole city; a seat sees its
+      jurisdiction); beyond loopback a credential.
     """
 
     token: str
     loopback: bool
+    identity: Identity | None = None
+    #: A seats file is configured: seat tokens work and writes always need a credential.
+    seats_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if self.identity is None:  # built bare (tests): the service token's sessions still work
+            settings = Settings(api_token=self.token)
+            object.__setattr__(self, "identity", Identity(settings, _no_seats, signing_key(settings)))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Guard:
+    def from_settings(cls, settings: Settings, seats: Callable[[], SeatBook | None] = _no_seats) -> Guard:
         """The guard for ``settings``; refuse an open port beyond loopback with no token."""
         loopback = is_loopback(settings.web_host)
-        if not loopback and not settings.api_token:
+        identity = Identity.from_settings(settings, seats)
+        if not loopback and not settings.api_token and not (settings.seats_file and (identity.key or identity.issuers)):
             raise InsecureConfig(
                 f"KAIFONG_WEB_HOST={settings.web_host} accepts connections beyond loopback but "
                 "KAIFONG_API_TOKEN is empty: set a token (e.g. `openssl rand -hex 32`) or bind to 127.0.0.1")
-        return cls(settings.api_token, loopback)
+        return cls(settings.api_token, loopback, identity, bool(settings.seats_file))
 
     @property
-    def console_cookie(self) -> str:
-        """The read-only console cookie value: derived from the token, never the token itself,
-        so a leaked cookie cannot be replayed as a bearer token for writes."""
-        return hmac.new(self.token.encode(), b"kaifong-console-read-v1", hashlib.sha256).hexdigest()
+    def anonymous(self) -> Principal:
+        """An anonymous caller: may write only in token-less, seat-less development."""
+        return DEVELOPER if not self.token and not self.seats_mode else ANONYMOUS
 
     def token_matches(self, candidate: str | None) -> bool:
-        """Constant-time comparison with the configured token (False when either is empty)."""
-        if not self.token or not candidate:
-            return False
-        return hmac.compare_digest(candidate.encode(), self.token.encode())
+        """Constant-time comparison with the service token (False when either is empty)."""
+        return same_secret(candidate, self.token)
 
-    def _bearer(self, request: web.Request) -> str | None:
+    @staticmethod
+    def _bearer(request: web.Request) -> str | None:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         return value.strip() if scheme.lower() == "bearer" else None
 
-    def refusal(self, request: web.Request, route: str) -> str | None:
-        """Why the request is refused (None when it may proceed)."""
-        if route in OPEN_ROUTES:
-            return None
+    def resolve(self, request: web.Request) -> Principal | Refusal:
+        """The caller: the bearer token's, else the session cookie's (a stale cookie is ignored),
+        else anonymous; a :class:`Refusal` for a bearer token that is invalid."""
         bearer = self._bearer(request)
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
-            if not self.token:
-                return None  # development: loopback-only (checked at start) and no token set
-            return None if self.token_matches(bearer) else "writes need the bearer token"
-        if self.loopback:
+        if bearer is not None:
+            if self.token_matches(bearer):
+                return replace(SERVICE, via="bearer")
+            result = (self.identity.verify(bearer, via="bearer") if self.identity is not None
+                      else Refusal("the token is not the service token"))
+            if isinstance(result, Principal):
+                return result
+            if not self.seats_mode and self.loopback and request.method in READS:
+                return self.anonymous  # as before seats: a loopback read ignores a wrong token
+            return result
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie and self.identity is not None:
+            result = self.identity.verify(cookie, cookie=True, via="cookie")
+            if isinstance(result, Principal):
+                return result
+        return self.anonymous
+
+    def refusal(self, request: web.Request, route: str) -> str | None:
+        """Why the request is refused with 401 (None when it may proceed); the caller is left on
+        the request (:func:`principal_of`)."""
+        if route in OPEN_ROUTES or route in PAGE_ROUTES:
+            request[PRINCIPAL_KEY] = self.anonymous
             return None
-        if self.token_matches(bearer):
+        found = self.resolve(request)
+        if isinstance(found, Refusal):
+            if route == SESSION_ROUTE and request.method != "GET":
+                request[PRINCIPAL_KEY] = self.anonymous  # signing in or out replaces a bad credential
+                return None
+            return found.reason
+        request[PRINCIPAL_KEY] = found
+        if request.method in READS:
+            if found.kind == "anonymous" and not self.loopback:
+                return "this port is reachable beyond loopback: every request needs a credential"
             return None
-        cookie = request.cookies.get(CONSOLE_COOKIE)
-        if cookie and hmac.compare_digest(cookie.encode(), self.console_cookie.encode()):
+        if route == SESSION_ROUTE or found.role is not None:
             return None
-        if route == "/" and self.token_matches(request.query.get("token")):
-            return None  # opening the console with ?token= (the page then sets the cookie)
-        return "this port is reachable beyond loopback: every request needs the bearer token"
+        return "writes need a credential: a seat token or the service token (the bearer token)"
 
     def unauthorized(self, request: web.Request, reason: str) -> web.Response:
         """401 with the ``WWW-Authenticate`` challenge (RFC 6750)."""
@@ -133,23 +221,30 @@ class Guard:
         if self._bearer(request) is not None:
             challenge += ', error="invalid_token"'
         response = error(401, "unauthorized", reason,
-                         hint="send 'Authorization: Bearer <KAIFONG_API_TOKEN>'; browsers open /?token=<token>")
+                         hint="send 'Authorization: Bearer <token>' (a seat token or KAIFONG_API_TOKEN); "
+                              "in a browser, sign in on the console")
         response.headers["WWW-Authenticate"] = challenge
         return response
 
     def cross_site(self, request: web.Request) -> bool:
-        """A browser write from another origin while writes are open (no token: development).
+        """A browser write from another site while no header credential protects it.
 
-        With a token, a write needs the ``Authorization`` header, which another origin's page
-        cannot send without a CORS preflight this server never answers, so only the token-less
-        mode needs the check (a page on any site could otherwise POST to 127.0.0.1).
+        A write with an ``Authorization`` header is safe: another origin's page cannot send one
+        without a CORS preflight this server never answers. A write carried by the session
+        cookie (SameSite=Strict already keeps it off cross-site requests), a sign-in, or an open
+        development write is refused when its ``Origin`` is another one or ``Sec-Fetch-Site``
+        says cross-site (a page on any site could otherwise POST to 127.0.0.1).
         """
-        if self.token or request.method in ("GET", "HEAD", "OPTIONS"):
+        if request.method in READS or self._bearer(request) is not None:
             return False
         origin = request.headers.get("Origin")
         if origin is None:
-            return False  # not a browser (curl, an upstream system)
+            return request.headers.get("Sec-Fetch-Site") == "cross-site"  # else not a browser (curl)
         return origin == "null" or origin.split("://", 1)[-1].rstrip("/") != request.host
+
+    def service_only(self, route: str, principal: Principal) -> bool:
+        """HTTP ingest asked by a seat (ingest is the upstream systems' interface)."""
+        return route in SERVICE_ROUTES and principal.kind == "seat"
 
     def middleware(self) -> Any:
         """The aiohttp middleware: guard, then count by route template and status code."""
@@ -164,7 +259,10 @@ class Guard:
                     metrics.HTTP_UNAUTHORIZED.labels(route).inc()
                     response: web.StreamResponse = self.unauthorized(request, reason)
                 elif self.cross_site(request):
-                    response = error(403, "cross_origin", "writes from another origin are refused")
+                    response = forbidden("cross_origin", "writes from another origin are refused")
+                elif self.service_only(route, principal_of(request)):
+                    response = forbidden("service_only", "HTTP ingest takes the service token (KAIFONG_API_TOKEN), "
+                                         "not a seat's")
                 else:
                     response = await handler(request)
                 code = str(response.status)
@@ -179,6 +277,72 @@ class Guard:
                 metrics.HTTP_REQUESTS.labels(route, code).inc()
 
         return guard
+
+
+def _secure(request: web.Request) -> bool:
+    return request.secure or request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower() == "https"
+
+
+@dataclass(frozen=True)
+class SessionApi:
+    """``/api/session``: sign in (``POST {"token": …}``), sign out (``DELETE``), who am I (``GET``)."""
+
+    guard: Guard
+    trail: Trail
+
+    def _answer(self, principal: Principal) -> dict[str, Any]:
+        identity = self.guard.identity
+        return {**principal.public(), "signed_in": principal.kind != "anonymous",
+                "writes": principal.may("dispatcher"),
+                "sign_in": bool(self.guard.token or (identity is not None and (identity.key or identity.issuers)))}
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        """``GET /api/session``: the caller (anonymous when not signed in) and what it may do."""
+        return json_response(self._answer(principal_of(request)))
+
+    async def sign_in(self, request: web.Request) -> web.Response:
+        """``POST /api/session`` with ``{"token": "…"}``: verify, set the session cookie, audit."""
+        body = await read_limited(request, SESSION_BODY_MAX)
+        if body is None:
+            return too_large(SESSION_BODY_MAX)
+        try:
+            parsed = orjson.loads(body) if body.strip() else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        token = parsed.get("token") if isinstance(parsed, dict) and set(parsed) == {"token"} else None
+        if not isinstance(token, str) or not token.strip():
+            return error(400, "bad_body", 'the body is {"token": "<a seat token or the service token>"}')
+        identity = self.guard.identity
+        found: Principal | Refusal
+        if identity is not None and identity.is_service(token.strip()):
+            value, expires = identity.service_session(datetime.now(UTC))
+            found = replace(SERVICE, via="cookie", expires_at=expires)
+        else:
+            found = (identity.verify(token.strip(), via="cookie") if identity is not None
+                     else Refusal("sign-in is not configured"))
+            value = token.strip()
+        if isinstance(found, Refusal):
+            await self.trail.publish(request, ANONYMOUS, "signed_in", "refused", {}, reason=found.reason)
+            metrics.HTTP_UNAUTHORIZED.labels(SESSION_ROUTE).inc()
+            return self.guard.unauthorized(request, found.reason)
+        subject = {k: v for k, v in (("token_id", found.token_id), ("issuer", found.issuer)) if v}
+        await self.trail.publish(request, found, "signed_in", "ok", subject)
+        response = json_response(self._answer(found))
+        expires_at = found.expires_at or datetime.now(UTC)
+        max_age = max(0, int((expires_at - datetime.now(UTC)).total_seconds()))
+        response.set_cookie(SESSION_COOKIE, value, max_age=max_age, httponly=True, samesite="Strict",
+                            secure=_secure(request), path="/")
+        return response
+
+    async def sign_out(self, request: web.Request) -> web.Response:
+        """``DELETE /api/session``: forget the session cookie (audited when somebody was signed in)."""
+        principal = principal_of(request)
+        if principal.kind != "anonymous":
+            subject = {k: v for k, v in (("token_id", principal.token_id), ("issuer", principal.issuer)) if v}
+            await self.trail.publish(request, principal, "signed_out", "ok", subject)
+        response = json_response({"signed_out": True})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -127,6 +127,12 @@ class Refusal:
     reason: str
 
 
+def same_secret(candidate: str | None, secret: str) -> bool:
+    """Constant-time comparison of a presented credential with a configured secret (False when
+    either is empty)."""
+    return bool(candidate and secret) and hmac.compare_digest(str(candidate).encode(), secret.encode())
+
+
 def _secret(settings: Settings) -> str:
     return settings.auth_signing_key or settings.api_token
 
@@ -214,8 +220,7 @@ class Identity:
 
     def is_service(self, token: str | None) -> bool:
         """Constant-time comparison with ``KAIFONG_API_TOKEN`` (False when either is empty)."""
-        api = self.settings.api_token
-        return bool(api and token) and hmac.compare_digest(str(token).encode(), api.encode())
+        return same_secret(token, self.settings.api_token)
 
     def service_session(self, now: datetime, ttl_s: float = DEFAULT_TTL_S) -> tuple[str, datetime]:
         """A browser session for a service-token sign-in: a JWT of the local key that only the

@@ -10,12 +10,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kaifong.agents.core.seats import SeatBook
 from kaifong.agents.store.views import Views
 from kaifong.streams.codec import Headers
 from kaifong.streams.settings import Settings
 
 #: Produce records in order and wait for every acknowledgement (raises when the broker did not take them).
 SendAll = Callable[[list[tuple[str, bytes | None, bytes, Headers]]], Awaitable[None]]
+
+
+def _no_seats() -> SeatBook | None:
+    return None
 
 
 class DrillOrders(Protocol):
@@ -52,3 +57,5 @@ class WebServices:
     ready_after_s: Callable[[], float | None]
     #: The firehose process's metrics exposition (None: the firehose runs inline, or no answer).
     child_metrics: Callable[[], Awaitable[str | None]] | None = None
+    #: The duty seats in force (re-read when the file changes; None: no seats file).
+    seats: Callable[[], SeatBook | None] = _no_seats
