@@ -124,14 +124,25 @@ def test_guard_rules() -> None:
     wide = Guard(TOKEN, loopback=False)
     for path in ("/health", "/ready"):
         assert not refused(wide, "GET", path, path)
-    for path in ("/metrics", "/api/summary", "/", "/static/{name}"):
+    for path in ("/metrics", "/api/summary"):
         assert refused(wide, "GET", path, path)
         assert not refused(wide, "GET", path, path, {"Authorization": f"Bearer {TOKEN}"})
-    assert not refused(wide, "GET", f"/?token={TOKEN}", "/")
-    assert refused(wide, "GET", "/api/summary?token=" + TOKEN, "/api/summary")  # only the page takes ?token=
-    cookie = {"Cookie": f"kf_console={wide.console_cookie}"}
+    # The console's page and files hold no data: open, so that the page can show its sign-in form.
+    for path in ("/", "/static/{name}"):
+        assert not refused(wide, "GET", path, path)
+    assert refused(wide, "GET", "/api/summary?token=" + TOKEN, "/api/summary")  # a token in a URL is never taken
+    # A service-token sign-in's session cookie (a JWT minted here, never the token itself) reads
+    # and writes; it is refused as a bearer token.
+    session, _ = wide.identity.service_session(datetime.now(UTC))
+    assert TOKEN not in session
+    cookie = {"Cookie": f"kf_session={session}"}
     assert not refused(wide, "GET", "/api/stream", "/api/stream", cookie)
-    assert refused(wide, "POST", "/api/escalations/x/ack", "/api/escalations/{id}/ack", cookie)  # reads only
+    assert not refused(wide, "POST", "/api/escalations/x/ack", "/api/escalations/{id}/ack", cookie)
+    assert refused(wide, "GET", "/api/stream", "/api/stream", {"Authorization": f"Bearer {session}"})
+    assert refused(wide, "GET", "/api/stream", "/api/stream", {"Cookie": "kf_session=forged"})
+    # A cookie-borne write from another origin is refused (CSRF: SameSite=Strict plus this check).
+    assert wide.cross_site(make_mocked_request("POST", "/api/escalations/x/ack", headers={
+        **cookie, "Origin": "https://evil.example", "Host": "kaifong:6066"}))
     # Token-less development: a browser write from another origin is refused (CSRF).
     assert dev.cross_site(make_mocked_request("POST", "/api/events/x", headers={
         "Origin": "https://evil.example", "Host": "127.0.0.1:6066"}))
@@ -396,26 +407,38 @@ def test_beyond_loopback_everything_but_probes_needs_the_token(new_settings, sta
     # Probes carry no secret.
     assert call(base, "GET", "/health")[0] == 200
     assert call(base, "GET", "/ready")[0] in (200, 503)
-    for path in ("/metrics", "/api/summary", "/api/incidents", "/api/geo", "/api/stream", "/", "/static/console.js",
-                 "/api/nope"):
+    for path in ("/metrics", "/api/summary", "/api/incidents", "/api/geo", "/api/stream", "/api/nope"):
         status, headers, _ = call(base, "GET", path)
         assert status == 401, path
         assert headers["WWW-Authenticate"].startswith("Bearer"), path
+    # The console's page and files are open (no data in them): the page shows its sign-in form.
+    for path in ("/", "/static/console.js"):
+        assert call(base, "GET", path)[0] == 200, path
+    assert call(base, "GET", "/api/session")[2]["principal"] == "anonymous"
     status, _, text = call(base, "GET", "/metrics", token=TOKEN)
     assert status == 200 and b"kaifong_http_unauthorized_total" in text
     assert call(base, "GET", "/api/summary", token=TOKEN)[0] == 200
     assert call(base, "GET", "/api/summary", token="wrong")[0] == 401
-    # A browser opens /?token=…: it gets a read-only cookie (derived, never the token itself).
+    # /?token=… no longer signs in (nothing is set); a browser signs in with POST /api/session and
+    # gets a session cookie (a JWT minted here, never the token itself).
     status, headers, _ = call(base, "GET", f"/?token={TOKEN}")
-    assert status == 200
+    assert status == 200 and "Set-Cookie" not in headers
+    assert call(base, "POST", "/api/session", {"token": "wrong"})[0] == 401
+    status, headers, who = call(base, "POST", "/api/session", {"token": TOKEN})
+    assert status == 200 and (who["principal"], who["role"], who["seat"]) == ("service", "admin", None)
     cookie = headers["Set-Cookie"]
-    assert cookie.startswith("kf_console=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert cookie.startswith("kf_session=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert TOKEN not in cookie
     jar = {"Cookie": cookie.split(";", 1)[0]}
     for path in ("/api/summary", "/static/console.js", "/"):
         assert call(base, "GET", path, headers=jar)[0] == 200, path
-    assert call(base, "POST", "/api/events/incident-reported", incident("x"), headers=jar)[0] == 401
-    assert call(base, "GET", "/api/summary", headers={"Cookie": "kf_console=forged"})[0] == 401
+    assert call(base, "GET", "/api/session", headers=jar)[2]["principal"] == "service"
+    # A write carried by the cookie from another origin is refused (CSRF).
+    assert call(base, "POST", "/api/events/incident-reported", incident("x"),
+                headers={**jar, "Origin": "https://evil.example"})[0] == 403
+    assert call(base, "GET", "/api/summary", headers={"Cookie": "kf_session=forged"})[0] == 401
+    status, headers, _ = call(base, "DELETE", "/api/session", headers=jar)
+    assert status == 200 and headers["Set-Cookie"].startswith('kf_session=""')
     _, _, text = call(base, "GET", "/metrics", token=TOKEN)
     assert b'kaifong_http_unauthorized_total{route="/metrics"} 1.0' in text
     assert b'kaifong_http_unauthorized_total{route="/api/summary"} 3.0' in text

@@ -36,12 +36,14 @@ Record = tuple[str, bytes | None, bytes, Headers]
 
 
 def incident(i: int, tag: str = "b") -> dict[str, Any]:
+    """A valid incident report."""
     return {"event_id": f"{tag}-r-{i}", "incident_id": f"{tag}-inc-{i}", "category": "fire", "severity": 1 + i % 4,
             "reported_at": T0, "location": {"lat": 23.1 + i / 1e5, "lon": 113.3}, "district": "越秀区",
             "grid": f"G{i % 7}", "source": "call_110", "exercise": False, "description": "smoke"}
 
 
 def empty_objects(n: int) -> bytes:
+    """``[{},{},…]``: ``n`` empty objects (3 bytes each)."""
     return b"[" + b",".join([b"{}"] * n) + b"]"
 
 
@@ -56,6 +58,7 @@ class Recorder:
 
     @property
     def sent(self) -> int:
+        """Records sent so far."""
         return sum(map(len, self.calls))
 
 
@@ -281,6 +284,7 @@ UNIT_KINDS = ["post"] * 10 + ["unit"] * 10 + ["grid_team"] * 6 + ["street_force"
 
 
 def post_json(base: str, path: str, body: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
+    """POST a JSON body: the status and the answer's bytes."""
     request = urllib.request.Request(base + path, data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     try:
@@ -291,6 +295,7 @@ def post_json(base: str, path: str, body: bytes, timeout: float = 30.0) -> tuple
 
 
 def health_latency(base: str) -> float:
+    """Seconds one ``GET /health`` takes, as a client sees it."""
     started = time.perf_counter()
     with urllib.request.urlopen(base + "/health", timeout=30) as r:
         r.read()
@@ -309,6 +314,7 @@ def poll_health(base: str, seconds: float) -> list[float]:
 
 
 def report(tag: str, i: int) -> dict[str, Any]:
+    """An incident report made now (severity 4: rings 1-3 dispatched at once)."""
     return {"event_id": f"{tag}-e{i}", "incident_id": f"{tag}-i{i:02d}", "category": "fire", "severity": 4,
             "reported_at": datetime.now(UTC).isoformat(), "location": {"lat": CENTRE[0], "lon": CENTRE[1]},
             "district": "越秀区", "grid": "G0", "source": "video", "exercise": False}

@@ -13,7 +13,9 @@ shared Redis (:class:`kaifong.agents.store.views.Views`), so any worker answers 
 - ``POST /api/events/{type}`` (or ``?type=``) — HTTP ingest for upstream systems that cannot
   speak Kafka (:mod:`kaifong.agents.web.ingest`).
 
-Who may call what is :class:`kaifong.agents.web.auth.Guard`'s (re-exported here).
+Who may call what is :class:`kaifong.agents.web.auth.Guard`'s (re-exported here); with a seats
+file every handler here answers within the caller's jurisdiction (:mod:`kaifong.agents.web.identity`),
+and acknowledgements are audited (:mod:`kaifong.agents.web.audit`). ``/api/session`` signs in.
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ from aiohttp import web
 from kaifong.agents.core.clock import LEVELS, incident_of_escalation
 from kaifong.agents.core.units import geo_pool
 from kaifong.agents.store.views import Views
+from kaifong.agents.web import auth
+from kaifong.agents.web.audit import Trail
 from kaifong.agents.web.auth import Guard, InsecureConfig, is_loopback
 from kaifong.agents.web.drills_api import DrillsApi
 from kaifong.agents.web.ingest import Ingest
+from kaifong.agents.web.openapi import Limits, OpenApi
 from kaifong.agents.web.responses import error, json_response, read_limited, too_large
 from kaifong.agents.web.services import WebServices
 from kaifong.schemas.validation import InvalidEvent, validate
@@ -132,6 +137,8 @@ class Api:
     services: WebServices
     _geo: list[dict[str, Any]] = field(default_factory=list)
     clock: Callable[[], datetime] = _now
+    #: The audit trail (acknowledgements; built here, shared with the other handler groups).
+    trail: Trail = field(init=False)
 
     def __post_init__(self) -> None:
         # An accelerated simulation runs every worker on a faster clock (``Settings.clock``):
@@ -139,6 +146,7 @@ class Api:
         factory = getattr(self.settings, "clock", None)
         if callable(factory):
             self.clock = factory()
+        self.trail = Trail(self.settings, self.services.send_all, self.clock)
 
     @property
     def settings(self) -> Settings:
@@ -198,6 +206,7 @@ class Api:
         except ValueError as exc:
             return error(400, "bad_query", str(exc))
         district, grid = q.get("district") or None, q.get("grid") or None
+        principal = auth.principal_of(request)
         items = []
         for doc in await self.views.incidents(await self.views.open_ids(exercise)):
             state = doc["state"]
@@ -205,6 +214,8 @@ class Api:
                 continue  # closed between the set read and the document read
             if (district and state.get("district") != district) or (grid and state.get("grid") != grid):
                 continue
+            if not principal.sees(state):
+                continue  # outside the seat's jurisdiction
             # The report's free text rides along (the console shows it; clients must escape it).
             items.append({**state, "description": (doc.get("report") or {}).get("description")})
         items.sort(key=lambda s: (_parse_time(s["reported_at"]) or datetime.min.replace(tzinfo=UTC),
@@ -218,6 +229,8 @@ class Api:
         if doc is None:
             return error(404, "not_found", "no such incident")
         state = doc["state"]
+        if not auth.principal_of(request).sees(state):
+            return auth.forbidden("out_of_scope", "the incident is outside this seat's jurisdiction")
         escalations = [escalation_view(e, state) for e in doc.get("escalations", {}).values()]
         escalations.sort(key=lambda e: e["raised_at"])
         return json_response({"state": state, "report": doc.get("report") or {},
@@ -237,16 +250,28 @@ class Api:
         except ValueError as exc:
             return error(400, "bad_query", str(exc))
         grid = q.get("grid") or None
+        principal = auth.principal_of(request)
+        if principal.level == "district" and not principal.covers(district, None, None):
+            return auth.forbidden("out_of_scope", "the district is outside this seat's jurisdiction")
+        # A street or grid seat sees the units of its streets and grids only.
+        partial = not principal.everywhere and principal.level != "district"
         ids = await self.views.district_unit_ids(district)
         # Without a grid filter only the page is read; with one, the district's registry is.
-        wanted = ids if grid else ids[offset:offset + limit]
+        wanted = ids if grid or partial else ids[offset:offset + limit]
         regs = await self.views.registries(wanted)
-        if grid:
-            ids = [u for u in ids if regs.get(u, {}).get("grid") == grid]
+        if grid or partial:
+            ids = [u for u in ids if (not grid or regs.get(u, {}).get("grid") == grid)
+                   and principal.covers(district, regs.get(u, {}).get("street"), regs.get(u, {}).get("grid"))]
             wanted = ids[offset:offset + limit]
         lives = await self.views.lives(wanted)
         units = [unit_view(uid, regs.get(uid, {}), live) for uid, live in zip(wanted, lives, strict=True)]
         available = (await self.available_by_district()).get(district, {})
+        if partial:  # the district's counts would tell more than the seat's units
+            available = dict.fromkeys(KINDS, 0)
+            for uid, live in zip(ids, await self.views.lives(ids), strict=True):
+                if unit_view(uid, regs.get(uid, {}), live)["dispatchable"]:
+                    kind = str(regs.get(uid, {}).get("kind") or live.get("kind"))
+                    available[kind] = available.get(kind, 0) + 1
         return json_response({"district": district, "total": len(ids), "offset": offset, "limit": limit,
                               "available": available, "units": units})
 
@@ -260,10 +285,13 @@ class Api:
         now = self.clock()
         open_: list[dict[str, Any]] = []
         recent: list[dict[str, Any]] = []
+        principal = auth.principal_of(request)
         for doc in await self.views.incidents(ids):
             state = doc["state"]
             if (district and state.get("district") != district) or (grid and state.get("grid") != grid):
                 continue
+            if not principal.sees(state):
+                continue  # outside the seat's jurisdiction
             for entry in (doc.get("escalations") or {}).values():
                 view = escalation_view(entry, state)
                 if entry.get("acked_at") is None:
@@ -316,6 +344,16 @@ class Api:
         doc = await self.views.incident(incident_id) if len(esc_id) <= 200 else None
         if doc is None or esc_id not in (doc.get("escalations") or {}):
             return error(404, "not_found", "no such escalation")
+        principal = auth.principal_of(request)
+        subject = {"escalation_id": esc_id, "incident_id": incident_id}
+        why, code = auth.role_refusal(principal, "dispatcher", "acknowledging an escalation"), "forbidden_role"
+        if why is None and not principal.sees(doc["state"]):
+            why, code = "the escalation's incident is outside this seat's jurisdiction", "out_of_scope"
+        if why is not None:  # refused: audited, nothing published on the updates topic
+            await self.trail.publish(request, principal, "escalation_acknowledged", "refused", subject, reason=why)
+            return auth.forbidden(code, why)
+        if principal.seat_id is not None:
+            by = principal.seat_id  # a seat acknowledges as itself, whatever the body says
         event_id = "ack-" + esc_id
         if len(event_id) > 128:  # the schema's limit; a digest keeps the id deterministic
             event_id = "ack-" + hashlib.sha256(esc_id.encode()).hexdigest()
@@ -329,18 +367,23 @@ class Api:
                                               "reasons": exc.reasons}]}, status=400)
         topic = INCIDENTS_UPDATES.name(self.settings)
         headers: Headers = [("content-type", b"application/json"), ("kf_via", b"http")]
+        # The audit record goes in the same batch: one is never published without the other tried.
+        audit, audit_body = self.trail.entry(request, principal, "escalation_acknowledged", "ok", subject,
+                                             discriminator="")
         try:
-            await self.services.send_all([(topic, incident_id.encode(), orjson.dumps(event), headers)])
+            await self.services.send_all([(topic, incident_id.encode(), orjson.dumps(event), headers), audit])
         except Exception as exc:  # noqa: BLE001 - any producer failure: tell the caller to retry
             log.warning("ack: could not publish (%s)", type(exc).__name__)
             return error(503, "broker_unavailable", "the acknowledgement was not published; retry")
+        self.trail.counted(audit_body)
         log.info("escalation acknowledgement published over HTTP")
         return json_response(event, status=202)
 
 
 #: Every route of the API, (method, template, handler group, handler name): the route label set
 #: is bounded. Groups: ``api`` (:class:`Api`), ``ingest`` (:class:`~kaifong.agents.web.ingest.Ingest`),
-#: ``drills`` (:class:`~kaifong.agents.web.drills_api.DrillsApi`).
+#: ``drills`` (:class:`~kaifong.agents.web.drills_api.DrillsApi`), ``openapi`` (the document of every route),
+#: ``session`` (:class:`~kaifong.agents.web.auth.SessionApi`).
 ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("GET", "/api/incidents", "api", "incidents"),
     ("GET", "/api/incidents/{id}", "api", "incident"),
@@ -354,14 +397,21 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/api/drills", "drills", "order"),
     ("GET", "/api/drills", "drills", "listing"),
     ("GET", "/api/drills/rates", "drills", "rates"),
+    ("GET", "/api/session", "session", "whoami"),
+    ("POST", "/api/session", "session", "sign_in"),
+    ("DELETE", "/api/session", "session", "sign_out"),
+    ("GET", "/api/openapi.json", "openapi", "document"),
 )
 
 
-def register(web_app: web.Application, services: WebServices) -> Api:
+def register(web_app: web.Application, services: WebServices, guard: Guard | None = None) -> Api:
     """Add the ``/api/*`` routes to Faust's aiohttp application; return the live-picture handlers."""
     api = Api(services)
+    guard = guard or Guard.from_settings(services.settings, services.seats)
     groups: dict[str, object] = {"api": api, "ingest": Ingest(services.settings, services.send_all),
-                                 "drills": DrillsApi(services.drills)}
+                                 "drills": DrillsApi(services.drills, services.views, api.trail),
+                                 "session": auth.SessionApi(guard, api.trail),
+                                 "openapi": OpenApi(services.settings, Limits(PAGE_DEFAULT, PAGE_MAX, ACK_BODY_MAX))}
     for method, path, group, name in ROUTES:
         web_app.router.add_route(method, path, getattr(groups[group], name))
         metrics.HTTP_UNAUTHORIZED.labels(path)  # the series exists (at zero) from the start

@@ -10,6 +10,11 @@ reloads the snapshot) rather than slowing the others or the worker down.
 ``GET /api/stream`` (``text/event-stream``) sends ``event: ready`` once the consumer is
 positioned, then ``state``, ``escalation``, ``assignment``, ``ack`` and ``summary`` events
 with JSON data, and a comment line every 15 s so proxies keep the connection open.
+
+A seat's stream is scoped to its jurisdiction (:meth:`Principal.covers`): a state or escalation
+by its own district/street/grid, an assignment or acknowledgement by its incident's (remembered
+from the states seen, else read from Redis once). The summary counters are city-wide. A stream
+ends when its credential expires (the browser reconnects and signs in again).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -26,6 +33,9 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from kaifong.agents.store.views import Views
+from kaifong.agents.web.auth import principal_of
+from kaifong.agents.web.identity import Principal
 from kaifong.schemas.validation import InvalidEvent, validate
 from kaifong.streams import security
 from kaifong.streams.settings import Settings
@@ -51,6 +61,11 @@ READ_MAX = 1000
 #: How long a new client waits for the consumer to be positioned before it is told "ready"
 #: anyway (it then reloads its snapshot, which covers anything missed).
 READY_WAIT_S = 10.0
+#: Incidents whose place (district, street, grid) the feed remembers for scoping.
+PLACES_KEPT = 200_000
+
+#: Where an incident is: (district, street, grid).
+Place = tuple[str | None, str | None, str | None]
 
 
 def sse(event: str, data: bytes) -> bytes:
@@ -63,6 +78,19 @@ class Client:
     """One connected browser: its queue; ``None`` in the queue means "you were dropped"."""
 
     queue: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
+    #: Whose stream it is (None or a city-wide caller: everything).
+    principal: Principal | None = None
+
+    @property
+    def scoped(self) -> bool:
+        """True when the client sees part of the city only."""
+        return self.principal is not None and not self.principal.everywhere
+
+    def wants(self, place: Place | None) -> bool:
+        """True when a message about ``place`` (None: unknown) is for this client."""
+        if not self.scoped:
+            return True
+        return place is not None and self.principal is not None and self.principal.covers(*place)
 
     def close(self) -> None:
         """Make the client's handler finish at its next read (emptying the queue if needed)."""
@@ -84,6 +112,9 @@ class LiveFeed:
     clients: set[Client] = field(default_factory=set)
     positioned: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
+    #: Where an assignment's or acknowledgement's incident is, when no state of it was seen.
+    views: Views | None = None
+    places: OrderedDict[str, Place] = field(default_factory=OrderedDict)
     _last_summary: bytes = b""
 
     def topics(self) -> dict[str, str]:
@@ -93,11 +124,11 @@ class LiveFeed:
                 ASSIGNMENTS.name(s): "assignment", INCIDENTS_UPDATES.name(s): "ack"}
 
     # -- fan-out ---------------------------------------------------------------------------
-    def subscribe(self) -> Client | None:
-        """A new client, or None when the worker already serves :data:`MAX_CLIENTS`."""
+    def subscribe(self, principal: Principal | None = None) -> Client | None:
+        """A new client (of ``principal``), or None when the worker already serves :data:`MAX_CLIENTS`."""
         if len(self.clients) >= MAX_CLIENTS:
             return None
-        client = Client()
+        client = Client(principal=principal)
         self.clients.add(client)
         return client
 
@@ -105,9 +136,12 @@ class LiveFeed:
         """Forget a client (its handler ended)."""
         self.clients.discard(client)
 
-    def publish(self, message: bytes) -> None:
-        """Put one SSE message on every client's queue; drop the clients that are full."""
+    def publish(self, message: bytes, place: Place | None = None, *, everyone: bool = True) -> None:
+        """Put one SSE message on every client's queue (``everyone`` False: only on those whose
+        jurisdiction holds ``place``); drop the clients that are full."""
         for client in list(self.clients):
+            if not everyone and not client.wants(place):
+                continue
             try:
                 client.queue.put_nowait(message)
             except asyncio.QueueFull:
@@ -124,6 +158,35 @@ class LiveFeed:
 
     def message(self, topic: str, value: bytes | None) -> bytes | None:
         """The SSE message for one record, or None when it is not for the console."""
+        found = self.placed(topic, value)
+        return found[0] if found is not None else None
+
+    def remember(self, incident_id: str, place: Place) -> None:
+        """Keep an incident's place (the oldest forgotten past :data:`PLACES_KEPT`)."""
+        self.places[incident_id] = place
+        self.places.move_to_end(incident_id)
+        while len(self.places) > PLACES_KEPT:
+            self.places.popitem(last=False)
+
+    async def locate(self, incident_id: str) -> Place | None:
+        """An incident's place: remembered, else read from its stored state (then remembered)."""
+        if incident_id in self.places or self.views is None:
+            return self.places.get(incident_id)
+        try:
+            doc = await self.views.incident(incident_id)
+        except Exception as exc:  # noqa: BLE001 - Redis away: scoped clients miss this one message
+            log.warning("live feed: cannot place an incident (%s)", type(exc).__name__)
+            return None
+        if doc is None:
+            return None
+        state = doc.get("state") or {}
+        place = (state.get("district"), state.get("street"), state.get("grid"))
+        self.remember(incident_id, place)
+        return place
+
+    def placed(self, topic: str, value: bytes | None) -> tuple[bytes, Place | None, str | None] | None:
+        """(SSE message, the place it is about when the record says, its incident id), or None
+        when the record is not for the console."""
         event = self.topics().get(topic)
         if event is None or not value:
             return None
@@ -142,7 +205,13 @@ class LiveFeed:
             except InvalidEvent:
                 return None
             data = {k: data.get(k) for k in ("escalation_id", "incident_id", "by", "at")}
-        return sse(event, orjson.dumps(data))
+        incident_id = data.get("incident_id") if isinstance(data.get("incident_id"), str) else None
+        place: Place | None = None
+        if event in ("state", "escalation"):
+            place = (data.get("district"), data.get("street"), data.get("grid"))
+            if incident_id is not None and event == "state":
+                self.remember(incident_id, place)
+        return sse(event, orjson.dumps(data)), place, incident_id
 
     # -- the consumer ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -185,11 +254,16 @@ class LiveFeed:
             while True:
                 batch = await consumer.getmany(timeout_ms=1000, max_records=READ_MAX)
                 if self.clients:
+                    scoped = any(c.scoped for c in self.clients)
                     for tp, records in batch.items():
                         for record in records:
-                            message = self.message(tp.topic, record.value)
-                            if message is not None:
-                                self.publish(message)
+                            found = self.placed(tp.topic, record.value)
+                            if found is None:
+                                continue
+                            message, place, incident_id = found
+                            if scoped and place is None and incident_id is not None:
+                                place = await self.locate(incident_id)
+                            self.publish(message, place, everyone=not scoped)
                 if sum(map(len, batch.values())) < READ_MAX:  # caught up: let records gather
                     await asyncio.sleep(POLL_S)
         finally:
@@ -230,8 +304,9 @@ class LiveFeed:
 
     # -- the HTTP handler ---------------------------------------------------------------------
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        """``GET /api/stream``: the SSE response of one client."""
-        client = self.subscribe()
+        """``GET /api/stream``: the SSE response of one client (a seat's: its jurisdiction)."""
+        principal = principal_of(request)
+        client = self.subscribe(principal)
         if client is None:
             return web.json_response({"error": "busy", "message": "too many live clients on this worker"},
                                      status=503, headers={"Retry-After": "10"})
@@ -245,8 +320,14 @@ class LiveFeed:
                 await asyncio.wait_for(self.positioned.wait(), READY_WAIT_S)
             await response.write(sse("ready", orjson.dumps({"positioned": self.positioned.is_set()})))
             while True:
+                wait = HEARTBEAT_S
+                if principal.expires_at is not None:
+                    left = (principal.expires_at - datetime.now(UTC)).total_seconds()
+                    if left <= 0:
+                        break  # the credential expired: the browser reconnects and signs in again
+                    wait = min(wait, left)
                 try:
-                    message = await asyncio.wait_for(client.queue.get(), HEARTBEAT_S)
+                    message = await asyncio.wait_for(client.queue.get(), wait)
                 except TimeoutError:
                     await response.write(b": heartbeat\n\n")
                     continue
@@ -261,9 +342,9 @@ class LiveFeed:
 
 
 def register(web_app: web.Application, app: Any, settings: Settings,
-             summary: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> LiveFeed:
+             summary: Callable[[], Awaitable[dict[str, Any]]] | None = None, views: Views | None = None) -> LiveFeed:
     """Add ``GET /api/stream`` and start the feed's consumer with the app (an early task)."""
-    feed = LiveFeed(settings, summary)
+    feed = LiveFeed(settings, summary, views=views)
     web_app.router.add_get("/api/stream", feed.stream)
 
     async def closing(_: web.Application) -> None:

@@ -54,14 +54,10 @@ class Console:
                                headers={"ETag": self.etags[name], "Cache-Control": "no-cache"})
 
     async def index(self, request: aioweb.Request) -> aioweb.Response:
-        """``GET /``: the console. Opened with a valid ``?token=``, it also sets the read-only
-        console cookie, so that the page's scripts and its EventSource (which cannot send an
-        ``Authorization`` header) are let in when the port is reachable beyond loopback."""
-        response = self._file(request, "index.html")
-        if self.guard.token_matches(request.query.get("token")):
-            response.set_cookie(auth.CONSOLE_COOKIE, self.guard.console_cookie, httponly=True, samesite="Strict",
-                                secure=request.secure, path="/")
-        return response
+        """``GET /``: the console. A ``?token=`` in the address is ignored (a token in a URL
+        ends up in histories, logs and screenshots): the page signs in with ``POST /api/session``
+        and takes the parameter out of the address bar."""
+        return self._file(request, "index.html")
 
     async def asset(self, request: aioweb.Request) -> aioweb.Response:
         """``GET /static/{name}``: one of the console's files."""
@@ -90,7 +86,7 @@ def register(app: Any, services: WebServices) -> None:
     Raises :class:`kaifong.agents.web.auth.InsecureConfig` when the port would be reachable beyond
     loopback without a token (the worker refuses to start rather than serve an open API).
     """
-    guard = auth.Guard.from_settings(services.settings)
+    guard = auth.Guard.from_settings(services.settings, services.seats)
     web_app: aioweb.Application = app.web.web_app
     _drop_production_index(app)
     web_app.middlewares.append(guard.middleware())
@@ -117,7 +113,7 @@ def register(app: Any, services: WebServices) -> None:
         child = await services.child_metrics() if services.child_metrics is not None else None
         return self.bytes(firehose.merged_exposition(child), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
-    handlers = api.register(web_app, services)
-    live.register(web_app, app, services.settings, handlers.summary_doc)
+    handlers = api.register(web_app, services, guard)
+    live.register(web_app, app, services.settings, handlers.summary_doc, services.views)
     for route in ("/", "/static/{name}", "/favicon.ico", "/metrics", "/api/stream", auth.UNMATCHED):
         metrics.HTTP_UNAUTHORIZED.labels(route)

@@ -49,8 +49,11 @@
     // The server's clock: its "now" at a local instant and its rate (1 except in an accelerated
     // simulation), so countdowns agree with the worker whatever the browser's clock says.
     clockBase: { server: Date.now(), local: Date.now(), scale: 1 },
-    token: null,
-    seat: "console",
+    // Who is signed in (GET /api/session): the credential itself lives in an HttpOnly cookie
+    // this script never sees. scope: the districts a district seat covers (null: the city).
+    session: null,
+    scope: null,
+    source: null,
     mapProjection: null,
   };
 
@@ -93,27 +96,19 @@
     notice.timer = setTimeout(() => { n.hidden = true; }, 8000);
   }
 
-  // The token comes from ?token= once (then lives in this tab's sessionStorage only) and is
-  // removed from the address bar so that it is not shared with a screenshot or a bookmark.
-  function readParams() {
+  // A token in the address (an old bookmark's ?token=) signs nothing in: it is ignored and taken
+  // out of the address bar, so that it is not kept in the history, a screenshot or a bookmark.
+  function scrubAddress() {
     const params = new URLSearchParams(location.search);
-    for (const [param, key] of [["token", "kf_token"], ["seat", "kf_seat"]]) {
-      const value = params.get(param);
-      if (value) {
-        try { sessionStorage.setItem(key, value); } catch (_) { /* storage disabled: keep in memory */ }
-        S[param] = value;
-        params.delete(param);
-      } else {
-        try { S[param] = sessionStorage.getItem(key) || S[param]; } catch (_) { /* ignore */ }
-      }
-    }
+    if (!params.has("token") && !params.has("seat")) return;
+    params.delete("token");
+    params.delete("seat");
     const qs = params.toString();
     history.replaceState(null, "", location.pathname + (qs ? `?${qs}` : "") + location.hash);
   }
 
   async function api(path, options = {}) {
     const headers = { Accept: "application/json", ...(options.headers || {}) };
-    if (S.token) headers.Authorization = `Bearer ${S.token}`;
     const response = await fetch(path, { credentials: "same-origin", cache: "no-store", ...options, headers });
     let body = null;
     try { body = await response.json(); } catch (_) { body = null; }
@@ -192,14 +187,15 @@
     button.dataset.state = "sending";
     button.textContent = "Sending… 发送中";
     try {
-      const r = await api(`/api/escalations/${encodeURIComponent(id)}/ack`, {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ by: S.seat }),
-      });
+      // No "by": the server records the signed-in seat (or "console" for the service token).
+      const r = await api(`/api/escalations/${encodeURIComponent(id)}/ack`, { method: "POST" });
       if (r.status === 202 && r.body) {
         esc.sending = false;
         markAcked(id, r.body.at, r.body.by);
       } else if (r.status === 401) {
-        notice("Not authorised: open the console with ?token=… 需要令牌");
+        askSignIn("Sign in to acknowledge 请先登录");
+      } else if (r.status === 403) {
+        notice(`Not allowed: ${(r.body && r.body.message) || "refused"} 无权限`);
       } else {
         notice(`Acknowledgement refused (${r.status}) 确认失败`);
       }
@@ -423,7 +419,10 @@
     const button = el("button", "ack", e.acked_at ? "Acknowledged 已确认" : "Acknowledge 确认");
     button.type = "button";
     button.dataset.state = e.acked_at ? "acked" : "open";
-    button.disabled = Boolean(e.acked_at);
+    // A signed-in viewer may not acknowledge; anybody else may try (an anonymous click asks to sign in).
+    const viewer = Boolean(S.session && S.session.signed_in && !S.session.writes);
+    button.disabled = Boolean(e.acked_at) || viewer;
+    if (viewer && !e.acked_at) button.title = "viewers cannot acknowledge 只读席位";
     button.addEventListener("click", (ev) => { ev.stopPropagation(); acknowledge(e.escalation_id, button); });
     li.append(button);
     li.addEventListener("click", () => highlight(e.incident_id, true));
@@ -511,7 +510,9 @@
   function buildMap() {
     const host = $("map");
     const districts = S.geo.districts;
-    const pts = districts.flatMap((d) => d.outline);
+    // A district seat's map is framed on its districts (the others stay drawn around them).
+    const framed = S.scope ? districts.filter((d) => S.scope.includes(d.name)) : [];
+    const pts = (framed.length ? framed : districts).flatMap((d) => d.outline);
     const lat0 = pts.reduce((a, p) => a + p[0], 0) / pts.length;
     const k = Math.cos((lat0 * Math.PI) / 180);
     const lonMin = Math.min(...pts.map((p) => p[1]));
@@ -661,6 +662,7 @@
     const options = [el("option", null, "All 全部")];
     options[0].value = "";
     for (const d of S.geo.districts) {
+      if (S.scope && !S.scope.includes(d.name)) continue; // a district seat: its districts only
       const o = el("option", null, `${d.name} ${d.name_en}`);
       o.value = d.name;
       options.push(o);
@@ -687,7 +689,7 @@
       api("/api/incidents?limit=5000"), api("/api/escalations"),
     ]);
     if (summary.status === 401 || incidents.status === 401) {
-      notice("Not authorised: open the console with ?token=… 需要令牌");
+      askSignIn("Sign in to see the picture 请先登录");
       return false;
     }
     if (summary.ok) applySummary(summary.body, summaryAt);
@@ -716,8 +718,80 @@
     c.textContent = text;
   }
 
+  // -- signing in: the token goes in a POST body and comes back as an HttpOnly cookie ---------------
+  function askSignIn(text) {
+    notice(text);
+    const form = $("signin");
+    if (form.hidden) return;
+    $("signin-token").focus();
+  }
+
+  function renderSession() {
+    const s = S.session || { signed_in: false, sign_in: true };
+    $("who").hidden = !s.signed_in;
+    $("signin").hidden = s.signed_in || !s.sign_in;
+    if (s.signed_in) {
+      $("who-seat").textContent = s.seat ? `${s.name || s.seat} (${s.seat})` : "service 服务令牌";
+      $("who-role").textContent = `${s.role} · ${LEVEL_ZH[s.level] || ""} ${s.level}`;
+    }
+  }
+
+  // A district seat opens on its districts: the map framed on them, the lists filtered to them
+  // (the API answers within the seat's jurisdiction anyway).
+  function applyScope() {
+    const s = S.session;
+    const districts = s && s.level === "district" ? (s.jurisdiction.districts || []) : [];
+    S.scope = districts.length ? districts : null;
+    S.mapProjection = null;
+    if (S.geo) fillDistricts();
+    setDistrict(S.scope && S.scope.length === 1 ? S.scope[0] : "");
+  }
+
+  async function loadSession() {
+    const r = await api("/api/session");
+    S.session = r.ok ? r.body : null;
+    renderSession();
+    applyScope();
+  }
+
+  // Everything seen so far belonged to the previous caller's scope: start again.
+  function restart() {
+    if (S.source) S.source.close();
+    S.incidents.clear();
+    S.escalations.clear();
+    document.body.dataset.live = "0";
+    setConn("connecting", "connecting 连接中");
+    scheduleRender(true);
+    connect();
+  }
+
+  async function signIn(ev) {
+    ev.preventDefault();
+    const input = $("signin-token");
+    const token = input.value.trim();
+    if (!token) return;
+    $("signin-error").textContent = "";
+    const r = await api("/api/session", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token }),
+    });
+    input.value = "";
+    if (!r.ok) {
+      $("signin-error").textContent = `${(r.body && r.body.message) || "refused"} 登录失败`;
+      return;
+    }
+    await loadSession();
+    restart();
+  }
+
+  async function signOut() {
+    await api("/api/session", { method: "DELETE" });
+    await loadSession();
+    restart();
+  }
+
   function connect() {
     const source = new EventSource("/api/stream");
+    S.source = source;
     const json = (handler) => (ev) => {
       let data;
       try { data = JSON.parse(ev.data); } catch (_) { return; }
@@ -746,12 +820,15 @@
   }
 
   async function start() {
-    readParams();
+    scrubAddress();
     $("f-district").addEventListener("change", (ev) => setDistrict(ev.target.value));
     $("f-grid").addEventListener("input", (ev) => { S.filter.grid = ev.target.value.trim(); scheduleRender(); });
     $("filters").addEventListener("submit", (ev) => ev.preventDefault());
+    $("signin").addEventListener("submit", signIn);
+    $("signout").addEventListener("click", signOut);
     setInterval(onTick, 250);
     tick();
+    await loadSession();
     connect();
     const geo = await api("/api/geo");
     if (geo.ok) {
