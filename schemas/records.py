@@ -75,6 +75,7 @@ class IncidentReported(_Wire, namespace="kaifong.incident_reported.v1"):
     source: str
     exercise: bool
     district: str | None = None
+    street: str | None = None
     grid: str | None = None
     police_grid: str | None = None
     venue_id: str | None = None
@@ -194,8 +195,11 @@ class EscalationRaised(_Wire, namespace="kaifong.escalation.v1"):
     attempt: int
     exercise: bool
     district: str | None = None
+    street: str | None = None
     grid: str | None = None
     notification: int | None = None
+    seats: list[str] | None = None
+    seat_level: str | None = None
 
 
 class RingState(_Wire, namespace="kaifong.ring_state.v1"):
@@ -243,6 +247,7 @@ class IncidentState(_Wire, namespace="kaifong.incident_state.v1"):
     rings: list[RingState]
     units: list[UnitOnIncident]
     district: str | None = None
+    street: str | None = None
     grid: str | None = None
     source: str | None = None
     escalation_level: str | None = None

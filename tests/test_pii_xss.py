@@ -199,7 +199,7 @@ for path in sorted([*root.glob("streams/*.py"), *root.glob("agents/**/*.py")]):
     for func in ast.walk(tree):
         if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        if "web" in path.parts and func.name in ("token_matches", "refusal"):
+        if "web" in path.parts and func.name in ("token_matches", "same_secret"):
             out["compare_digest"][func.name] = sorted({ast.unparse(c.func) for c in ast.walk(func)
                                                        if isinstance(c, ast.Call)})
         for call in ast.walk(func):
@@ -345,12 +345,12 @@ def test_redis_tls_and_auth_live(pki: dict[str, str], protected_valkey: Service)
 
 # -- 3. constant-time token checks, no HTML ---------------------------------------------------------------------
 def test_token_comparisons_are_constant_time() -> None:
-    """agents/web/api.py compares the bearer token and the console cookie with hmac.compare_digest,
-    and no module of agents/web/ compares a secret with ==/!=."""
+    """agents/web/ compares the bearer token (the guard) and every presented secret (identity's
+    same_secret) with hmac.compare_digest, and no module of agents/web/ compares a secret with ==/!=."""
     from kaifong.agents.web.api import Guard
 
     found = analysis()
-    for name in ("token_matches", "refusal"):  # the bearer token; the console cookie
+    for name in ("token_matches", "same_secret"):  # the guard's bearer check; identity's
         assert "hmac.compare_digest" in found["compare_digest"][name], (name, found["compare_digest"])
     assert not found["secret_compares"], found["secret_compares"]
     guard = Guard("s3cret-token", loopback=False)

@@ -9,6 +9,7 @@ the local signing key); ``kaifong seats default`` writes the seats of the synthe
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +48,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     from kaifong.agents.web import identity
 
     settings = Settings.from_env()
-    path = args.seats or settings.seats_file
+    embedded = Path(settings.data_dir) / "embedded"  # where `kaifong up` keeps its seats and key
+    path = args.seats or settings.seats_file or (str(embedded / "seats.json")
+                                                 if (embedded / "seats.json").exists() else "")
     if not path:
         sys.stderr.write("no seats file: pass --seats FILE or set KAIFONG_SEATS_FILE\n")
         return 2
@@ -66,8 +69,16 @@ def cmd_token(args: argparse.Namespace) -> int:
     if role not in seat.roles:
         sys.stderr.write(f"seat {seat.id} may not be {role}: its roles are {', '.join(sorted(seat.roles))}\n")
         return 1
-    settings = Settings.from_env(seats_file=path)
-    _out(identity.mint(settings, seat.id, role, args.ttl, datetime.now(UTC)))
+    key = embedded / "signing.key"
+    overrides: dict[str, Any] = {"seats_file": path}
+    if not settings.auth_signing_key and not settings.api_token and key.exists():
+        overrides["auth_signing_key"] = key.read_text("utf-8").strip()  # `kaifong up`'s
+    settings = Settings.from_env(**overrides)
+    try:
+        _out(identity.mint(settings, seat.id, role, args.ttl, datetime.now(UTC)))
+    except ValueError as exc:  # no signing key, a ttl over the limit
+        sys.stderr.write(f"cannot mint a token: {exc}\n")
+        return 2
     return 0
 
 
@@ -124,15 +135,23 @@ def up_notifications(base: Settings, env: dict[str, str], workdir: Path, stack: 
     from kaifong.streams.embedded import alertmanager as am_service
     from kaifong.streams.embedded import alertmanager_binary
 
+    if not base.auth_signing_key and not base.api_token:
+        # Seat tokens need a signing key: one per `kaifong up`, readable by `kaifong seats token`.
+        key = workdir / "signing.key"
+        key.write_text(secrets.token_hex(32), encoding="utf-8")
+        key.chmod(0o600)
+        env["KAIFONG_AUTH_SIGNING_KEY"] = key.read_text("utf-8")
     seats_path = Path(base.seats_file) if base.seats_file else workdir / "seats.json"
     if not base.seats_file:
         hooks = f"http://{base.web_host}:{base.web_port}/api/notifications"
         seats_path.write_bytes(orjson.dumps(default_seats(hooks), option=orjson.OPT_INDENT_2))
         env["KAIFONG_SEATS_FILE"] = str(seats_path)
+    signin = ("             sign in kaifong seats token city   (paste it on the console; any seat id of "
+              f"{seats_path.name} works, e.g. district-YX)\n")
     if base.alertmanager_urls:
-        return f"             notify  {base.alertmanager_urls}  (KAIFONG_ALERTMANAGER_URLS); seats {seats_path}"
+        return signin + f"             notify  {base.alertmanager_urls}  (KAIFONG_ALERTMANAGER_URLS)"
     if alertmanager_binary() is None:
-        return ("             notify  Alertmanager is not installed (Debian: apt-get install "
+        return signin + ("             notify  Alertmanager is not installed (Debian: apt-get install "
                 "prometheus-alertmanager):\n                     escalations reach the console, the escalations "
                 "topic and the log only")
     import yaml
@@ -147,7 +166,7 @@ def up_notifications(base: Settings, env: dict[str, str], workdir: Path, stack: 
     stack.services.append(service)  # stopped with the broker and Redis
     url = f"http://127.0.0.1:{base.embedded_alertmanager_port}"
     env["KAIFONG_ALERTMANAGER_URLS"] = url
-    return f"             notify  {url}/  (Alertmanager; routes to the seats in {seats_path})"
+    return signin + f"             notify  {url}/  (Alertmanager; routes to the seats in {seats_path})"
 
 
 def add_parser(sub: Any) -> None:

@@ -38,6 +38,7 @@ from kaifong.agents.web.audit import Trail
 from kaifong.agents.web.auth import Guard, InsecureConfig, is_loopback
 from kaifong.agents.web.drills_api import DrillsApi
 from kaifong.agents.web.ingest import Ingest
+from kaifong.agents.web.notifications import Notifications
 from kaifong.agents.web.openapi import Limits, OpenApi
 from kaifong.agents.web.responses import error, json_response, read_limited, too_large
 from kaifong.agents.web.services import WebServices
@@ -383,7 +384,8 @@ class Api:
 #: Every route of the API, (method, template, handler group, handler name): the route label set
 #: is bounded. Groups: ``api`` (:class:`Api`), ``ingest`` (:class:`~kaifong.agents.web.ingest.Ingest`),
 #: ``drills`` (:class:`~kaifong.agents.web.drills_api.DrillsApi`), ``openapi`` (the document of every route),
-#: ``session`` (:class:`~kaifong.agents.web.auth.SessionApi`).
+#: ``session`` (:class:`~kaifong.agents.web.auth.SessionApi`), ``notifications`` (the seats' webhook,
+#: :mod:`kaifong.agents.web.notifications`).
 ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("GET", "/api/incidents", "api", "incidents"),
     ("GET", "/api/incidents/{id}", "api", "incident"),
@@ -401,6 +403,8 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/api/session", "session", "sign_in"),
     ("DELETE", "/api/session", "session", "sign_out"),
     ("GET", "/api/openapi.json", "openapi", "document"),
+    ("POST", "/api/notifications/{seat}", "notifications", "receive"),
+    ("GET", "/api/notifications", "notifications", "listing"),
 )
 
 
@@ -411,7 +415,8 @@ def register(web_app: web.Application, services: WebServices, guard: Guard | Non
     groups: dict[str, object] = {"api": api, "ingest": Ingest(services.settings, services.send_all),
                                  "drills": DrillsApi(services.drills, services.views, api.trail),
                                  "session": auth.SessionApi(guard, api.trail),
-                                 "openapi": OpenApi(services.settings, Limits(PAGE_DEFAULT, PAGE_MAX, ACK_BODY_MAX))}
+                                 "openapi": OpenApi(services.settings, Limits(PAGE_DEFAULT, PAGE_MAX, ACK_BODY_MAX)),
+                                 "notifications": Notifications(services.settings.clock())}
     for method, path, group, name in ROUTES:
         web_app.router.add_route(method, path, getattr(groups[group], name))
         metrics.HTTP_UNAUTHORIZED.labels(path)  # the series exists (at zero) from the start

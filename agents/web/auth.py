@@ -17,6 +17,7 @@ API token). A write carried by the cookie must also come from this origin (``Ori
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -28,16 +29,7 @@ from aiohttp import web
 
 from kaifong.agents.core.seats import SeatBook
 from kaifong.agents.web.audit import Trail
-from kaifong.agents.web.identity import (
-    ANONYMOUS,
-    DEVELOPER,
-    SERVICE,
-    Identity,
-    Principal,
-    Refusal,
-    same_secret,
-    signing_key,
-)
+from kaifong.agents.web.identity import ANONYMOUS, DEVELOPER, SERVICE, Identity, Principal, Refusal, signing_key
 from kaifong.agents.web.responses import error, json_response, read_limited, too_large
 from kaifong.streams import metrics
 from kaifong.streams.settings import Settings
@@ -51,6 +43,8 @@ OPEN_ROUTES = frozenset({"/health", "/ready"})
 PAGE_ROUTES = frozenset({"/", "/static/{name}", "/favicon.ico"})
 #: Sign in, sign out, who am I.
 SESSION_ROUTE = "/api/session"
+#: Alertmanager's webhook into the console (``kaifong up``'s seats point there).
+HOOK_ROUTE = "/api/notifications/{seat}"
 #: HTTP ingest: the service token's (upstream systems), not a seat's.
 SERVICE_ROUTES = frozenset({"/api/events", "/api/events/{type}"})
 #: Route label of requests that matched no route (bounded: never the raw path).
@@ -102,7 +96,8 @@ def route_of(request: web.Request) -> str:
 
 def principal_of(request: web.Request) -> Principal:
     """The caller the guard found (anonymous, reads only, when no guard ran: a bare handler test)."""
-    return request.get(PRINCIPAL_KEY, ANONYMOUS)
+    found = request.get(PRINCIPAL_KEY)
+    return found if isinstance(found, Principal) else ANONYMOUS
 
 
 def forbidden(code: str, message: str) -> web.Response:
@@ -165,7 +160,7 @@ class Guard:
 
     def token_matches(self, candidate: str | None) -> bool:
         """Constant-time comparison with the service token (False when either is empty)."""
-        return same_secret(candidate, self.token)
+        return bool(self.token and candidate) and hmac.compare_digest(str(candidate).encode(), self.token.encode())
 
     @staticmethod
     def _bearer(request: web.Request) -> str | None:
@@ -210,6 +205,10 @@ class Guard:
             if found.kind == "anonymous" and not self.loopback and route != SESSION_ROUTE:
                 return "this port is reachable beyond loopback: every request needs a credential"
             return None
+        if route == HOOK_ROUTE:  # Alertmanager's webhook: the service token, or a local Alertmanager
+            if found.kind == "service" or (self.loopback and is_loopback(request.remote or "")):
+                return None
+            return "the notification webhook takes the service token (Alertmanager's http_config authorization)"
         if route == SESSION_ROUTE or found.role is not None:
             return None
         return "writes need a credential: a seat token or the service token (the bearer token)"
@@ -308,7 +307,7 @@ class SessionApi:
             parsed = orjson.loads(body) if body.strip() else None
         except orjson.JSONDecodeError:
             parsed = None
-        token = parsed.get("token") if isinstance(parsed, dict) and set(parsed) == {"token"} else None
+        token = parsed.get("token") if isinstance(parsed, dict) and not set(parsed) - {"token"} else None
         if not isinstance(token, str) or not token.strip():
             return error(400, "bad_body", 'the body is {"token": "<a seat token or the service token>"}')
         identity = self.guard.identity

@@ -236,7 +236,8 @@ class Identity:
     def verify(self, token: str, *, cookie: bool = False, via: str | None = None) -> Principal | Refusal:
         """The principal ``token`` names, or why it is refused (401). ``cookie``: the token came
         in the session cookie (a service session is accepted there only)."""
-        if len(token) > _MAX_TOKEN or token.count(".") != 2:
+        segments = token.split(".", 3)  # a JWT is header.payload.signature
+        if len(token) > _MAX_TOKEN or len(segments) != 3:
             return Refusal("the credential is neither the service token nor a seat token")
         try:
             unverified = jwt.decode(token, options={"verify_signature": False})

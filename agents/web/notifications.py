@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from kaifong.agents.web.auth import principal_of
 from kaifong.agents.web.responses import error, json_response, read_limited, too_large
 
 log = logging.getLogger(__name__)
@@ -66,5 +67,7 @@ class Notifications:
     async def listing(self, request: web.Request) -> web.Response:
         """``GET /api/notifications``: the recent notifications, newest first (``?seat=`` filters)."""
         seat = request.query.get("seat")
-        items = [n for n in self.recent if seat is None or n["seat"] == seat]
+        principal = principal_of(request)
+        mine = None if principal.everywhere else principal.seat_id  # a seat sees what it was told
+        items = [n for n in self.recent if (seat is None or n["seat"] == seat) and (mine is None or n["seat"] == mine)]
         return json_response({"notifications": items})

@@ -306,6 +306,25 @@ def operations(settings: Settings, limits: Limits) -> tuple[Operation, ...]:
                     "content": {"text/event-stream": {"schema": _STR}}},
             "503": json_answer("Too many live clients on this worker (`busy`).", ref("Error"),
                                {"Retry-After": {"schema": _INT}})}),
+        # -- the seats' webhook (notifications.py)
+        Operation("POST", "/api/notifications/{seat}", "receiveNotification", "notifications",
+                  "Alertmanager's webhook for a seat (what `kaifong up`'s seats point at).", {
+            "200": json_answer("Kept for the console.", obj({"received": _INT}, ("received",))),
+            "400": json_answer("Not an Alertmanager webhook notification (`not_json`, `bad_body`, `bad_seat`).",
+                               ref("Error")),
+            "413": "TooLarge"},
+            description="Open to a local Alertmanager on a loopback-only port; otherwise the service token "
+                        "(Alertmanager's `http_config.authorization`). Production seats use their own receivers.",
+            params=(path_param("seat", "The seat id."),),
+            body={"required": True, "description": "An Alertmanager webhook notification (version 4), at most 256 KiB.",
+                  "content": {JSON: {"schema": {"type": "object", "required": ["alerts"],
+                                                "properties": {"alerts": {"type": "array"}}}}}}),
+        Operation("GET", "/api/notifications", "listNotifications", "notifications",
+                  "What each seat's webhook received, newest first (a seat sees its own).", {
+            "200": json_answer("The last 200 notifications.", obj({"notifications": {"type": "array", "items": obj({
+                "seat": _STR, "received_at": _STR, "status": _STR, "group": {"type": "object"},
+                "alerts": {"type": "array"}})}}, ("notifications",)))},
+            params=(query("seat", "Only this seat's.", _STR),)),
         # -- this document
         Operation("GET", PATH, "openapi", "meta", "This document.", {
             "200": json_answer("The OpenAPI 3.1 document of the worker's HTTP API.", {"type": "object"})}),

@@ -731,7 +731,8 @@
     $("who").hidden = !s.signed_in;
     $("signin").hidden = s.signed_in || !s.sign_in;
     if (s.signed_in) {
-      $("who-seat").textContent = s.seat ? `${s.name || s.seat} (${s.seat})` : "service 服务令牌";
+      const seat = s.name ? `${s.name} (${s.seat})` : s.seat;
+      $("who-seat").textContent = s.seat ? seat : "service 服务令牌";
       $("who-role").textContent = `${s.role} · ${LEVEL_ZH[s.level] || ""} ${s.level}`;
     }
   }
