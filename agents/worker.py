@@ -116,13 +116,9 @@ class Worker:
         intake_agent(INCIDENTS_UPDATES, self.incidents.on_update, "incidents_updates")
         intake_agent(DRILLS_RESPONSES, self.drills.on_response, "drills_responses")
 
-        if self.firehose is not None:
-            @app.task
-            async def firehose() -> None:
-                assert self.firehose is not None
-                await self.firehose.run()
-        else:
-            app.early_tasks.append(self.units.run)
+        # The firehose (its process, or inline) starts with the app, so its consumer group joins
+        # while Faust's does rather than after it (~3 s less from start to ready).
+        app.early_tasks.append(self.firehose.run if self.firehose is not None else self.units.run)
 
         @app.task
         async def notifier() -> None:

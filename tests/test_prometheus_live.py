@@ -184,9 +184,10 @@ def test_prometheus_scrapes_rules_and_dashboards_return_data(new_settings, start
         prom.wait(10)
 
 
-def test_ten_thousand_incidents_add_no_series(new_settings, start_worker) -> None:
-    # One ring, severity 4: the cheapest real incident (one decision, one escalation), so 10,000
-    # of them fit in CI time; every code path still runs (dispatch, clock, escalation, state).
+def test_three_thousand_incidents_add_no_series(new_settings, start_worker) -> None:
+    # One ring, severity 4: the cheapest real incident (one decision, one escalation); every code
+    # path still runs (dispatch, clock, escalation, state). 3,000 after the warm-up: six times the
+    # warm-up's incident ids, grids and times — a label carrying any of them would add series.
     settings = new_settings(rings="self_rescue:3600", watchdog_interval_s=0)
     worker = start_worker(settings)
     p = settings.topic_prefix
@@ -215,12 +216,12 @@ def test_ten_thousand_incidents_add_no_series(new_settings, start_worker) -> Non
         time.sleep(0.5)
     time.sleep(6)
     before = series()
-    publish(500, 10_000)
+    publish(500, 3_000)
     deadline = time.monotonic() + 600
-    while processed() < 10_500 and time.monotonic() < deadline:
+    while processed() < 3_500 and time.monotonic() < deadline:
         time.sleep(1)
-    assert processed() == 10_500
+    assert processed() == 3_500
     time.sleep(6)
     after = series()
-    print(f"\nexposed series: {before} after warm-up, {after} after 10,000 more incidents")
+    print(f"\nexposed series: {before} after warm-up, {after} after 3,000 more incidents")
     assert after == before

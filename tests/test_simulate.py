@@ -23,17 +23,17 @@ from kaifong.streams.simulate import SimConfig, Simulator
 pytestmark = pytest.mark.integration
 
 
-def test_one_simulated_hour_at_60x(new_settings, start_worker) -> None:
+def test_forty_simulated_minutes_at_60x(new_settings, start_worker) -> None:
     epoch = time.time()
     settings = new_settings(time_scale=60.0, time_epoch=epoch, clock_tick_s=0.02, unit_stale_after_s=1800,
                             escalation_renotify_s=600)
     worker = start_worker(settings)
-    config = SimConfig(seed=11, units=1500, heartbeat_interval_s=600, incidents_per_hour=90, duration_s=3600,
+    config = SimConfig(seed=11, units=1500, heartbeat_interval_s=600, incidents_per_hour=90, duration_s=2400,
                        drain_s=1500,  # then 25 simulated minutes: every ring's deadline (≤ 20 min) passes
                        daily_profile=(1.0,))  # ~90 incidents whatever the hour (01:00 in Guangzhou gave 21)
     sim = Simulator(dataclasses.replace(settings), config)
     stats = asyncio.run(sim.run())
-    assert stats["incidents"] >= 40, stats
+    assert stats["incidents"] >= 30, stats
     assert stats["resolved"] > 0 and stats["statuses"] > 0
 
     # Read every state change; keep the last version of each incident.

@@ -416,6 +416,11 @@
     if (e.notifications) meta.push(`re-notified ${e.notifications}× 重复通知`);
     if (e.acked_at) meta.push(`acknowledged ${clockTime(Date.parse(e.acked_at))} by ${e.acked_by || "?"}`);
     li.append(el("div", "esc-meta", meta.join(" · ")));
+    // Who was told (the seats file's routing); "up from" when no seat of its level covered it.
+    if (e.seats && e.seats.length) {
+      const up = e.seat_level && e.seat_level !== e.level ? ` (up from ${e.level})` : "";
+      li.append(el("div", "esc-seats", `told 通知: ${e.seats.join(", ")}${up}`));
+    }
     const button = el("button", "ack", e.acked_at ? "Acknowledged 已确认" : "Acknowledge 确认");
     button.type = "button";
     button.dataset.state = e.acked_at ? "acked" : "open";
