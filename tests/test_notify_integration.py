@@ -171,3 +171,72 @@ def test_escalations_reach_their_district_seat_resolve_on_ack_and_survive_alertm
             producer.close()
         finally:
             am.stop()
+
+
+def clustered_pair(tmp_path: Path, config: Path) -> list[Any]:
+    """Two Alertmanagers gossiping as one cluster (an HA pair), each with its own web port."""
+    from kaifong.streams.embedded import Service, alertmanager_binary
+
+    binary = alertmanager_binary()
+    assert binary is not None, "Debian package prometheus-alertmanager (installed by .ci/run)"
+    web = [free_port(), free_port()]
+    gossip = [free_port(), free_port()]
+    pair = []
+    for i in range(2):
+        data = tmp_path / f"am-ha-{i}"
+        data.mkdir()
+        pair.append(Service(
+            f"alertmanager-{i + 1}",
+            [binary, f"--config.file={config}", f"--storage.path={data}",
+             f"--web.listen-address=127.0.0.1:{web[i]}", f"--cluster.listen-address=127.0.0.1:{gossip[i]}",
+             f"--cluster.peer=127.0.0.1:{gossip[1 - i]}", "--cluster.peer-timeout=2s",
+             "--cluster.settle-timeout=5s", "--cluster.gossip-interval=100ms", "--log.level=info"],
+            web[i], tmp_path / f"am-ha-{i}.log"))
+    for service in pair:
+        service.start()
+    return pair
+
+
+def test_an_ha_pair_notifies_once_and_keeps_notifying_with_one_member_down(
+        new_settings, start_worker, tmp_path: Path) -> None:
+    with webhook_sink() as (sink, received):
+        seats_path = tmp_path / "seats.json"
+        seats_path.write_bytes(orjson.dumps(seats(sink)))
+        config = tmp_path / "alertmanager.yml"
+        config.write_text(alertmanager.dump(alertmanager.render(
+            orjson.loads(seats_path.read_bytes()), group_wait="1s", group_interval="1s", repeat_interval="1h")))
+        pair = clustered_pair(tmp_path, config)
+        urls = [f"http://127.0.0.1:{s.port}" for s in pair]
+        try:
+            wait(lambda: all(json.loads(urllib.request.urlopen(f"{u}/api/v2/status", timeout=2).read())
+                             ["cluster"]["status"] == "ready" for u in urls), 30, "the pair's cluster ready")
+            settings = new_settings(rings="a:60,b:3600", seats_file=str(seats_path), alertmanager_urls=",".join(urls),
+                                    notify_interval_s=0.5, notify_keepalive_s=30.0)
+            worker = start_worker(settings)
+            producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=2)
+            producer.send(settings.topic_prefix + "incidents.reported.v1", key=b"ha-1",
+                          value=orjson.dumps(report("ha-1", A)))
+            producer.flush()
+            # kaifong pushes to both members; the pair notifies once (the second member waits its
+            # peer timeout, sees the first one's notification in the gossiped log, and stays quiet).
+            wait(lambda: told(received, "ha-1").get("yx"), 20, "ha-1's notification")
+            wait(lambda: all(am_alerts(u, incident="ha-1") for u in urls), 10, "ha-1 on both members")
+            time.sleep(5)  # > peer timeout + group interval: a duplicate would have arrived
+            firing = [b for b in told(received, "ha-1")["yx"] if b["status"] == "firing"]
+            assert len(firing) == 1, [(b["externalURL"], len(b["alerts"])) for b in firing]
+            # One member down: the other one still delivers; the failures are counted per target.
+            pair[0].stop()
+            producer.send(settings.topic_prefix + "incidents.reported.v1", key=b"ha-2",
+                          value=orjson.dumps(report("ha-2", A)))
+            producer.flush()
+            wait(lambda: told(received, "ha-2").get("yx"), 30, "ha-2's notification through the second member")
+            down = f"127.0.0.1:{pair[0].port}"
+            wait(lambda: worker.metric("kaifong_notify_pushes_total", target=down, outcome="error") >= 1, 10,
+                 "the failed pushes to the stopped member counted")
+            up = f"127.0.0.1:{pair[1].port}"
+            assert worker.metric("kaifong_notify_pushes_total", target=up, outcome="ok") >= 2
+            print(f"\nHA pair: one notification for ha-1 from two members; ha-2 delivered with {down} down")
+            producer.close()
+        finally:
+            for s in pair:
+                s.stop()
